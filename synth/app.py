@@ -1,0 +1,97 @@
+"""``python -m synth``: compose the config, build everything from it, run, print a summary."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from synth.errors import ConfigError
+from synth.runner import STAGE_GROUPS, Runner
+
+log = logging.getLogger("synth")
+
+
+def build(cfg: DictConfig, key: str) -> Any:
+    """instantiate(cfg[key]) with a one-line ConfigError instead of Hydra's wrapped traceback."""
+    try:
+        return instantiate(cfg[key], _convert_="all")
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise ConfigError(f"{key}: {cause or err}".splitlines()[0]) from err
+
+
+def build_runner(cfg: DictConfig, run_dir: Path) -> Runner:
+    """Every object from config; stages in the order the config lists them."""
+    stages = [build(cfg, key) for key in cfg if key in STAGE_GROUPS]
+    return Runner(
+        source=build(cfg, "data"),
+        stages=stages,
+        writers=[build(cfg, "writer")],
+        logger=build(cfg, "logger"),
+        run_dir=run_dir,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        device=cfg.device,
+        resume=cfg.resume,
+    )
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [f"synth: {summary['done']} done, {summary['failed']} failed, "
+             f"{summary['skipped_complete']} already complete, of {summary['total']} "
+             f"in {summary['elapsed_s']:.1f} s ({summary['images_per_s'] or 0:.2f} images/s)"]
+    if summary["stage_ms"]:
+        lines.append("  ms per image: " + ", ".join(f"{k} {v['median']:.0f}" for k, v in summary["stage_ms"].items()))
+    for failure in summary["failures"][:10]:
+        lines.append(f"  failed {failure['id']} {failure['path']} at {failure['stage']}: {failure['error']}")
+    if len(summary["failures"]) > 10:
+        lines.append(f"  ... {len(summary['failures']) - 10} more failures in metadata.json")
+    lines.append(f"  outputs: {summary['run_dir']}")
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://synth.conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        runner = build_runner(cfg, run_dir)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    summary = runner.run(config=OmegaConf.to_container(cfg, resolve=True))
+    print(format_summary(summary))
+    if summary["exit_code"]:
+        raise SystemExit(summary["exit_code"])
+
+
+def check_group_choices(argv: list[str]) -> str | None:
+    """Hydra prints a multi-line block for ``shadow=typo``; name the key and options in one line."""
+    for arg in argv:
+        name, sep, value = arg.lstrip("+~").partition("=")
+        group_dir = resources.files("synth.conf").joinpath(name)
+        if not sep or "/" in name or not group_dir.is_dir() or not value or "," in value or value == "null":
+            continue
+        options = sorted(p.name[:-5] for p in group_dir.iterdir() if p.name.endswith(".yaml"))
+        if value not in options:
+            return f"{name}={value}: unknown option; choose from {', '.join(options)}"
+    return None
+
+
+def cli() -> None:
+    problem = check_group_choices(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    main()

@@ -1,0 +1,114 @@
+"""Pixel helpers shared by the stages: colour transfer functions, fast blurs, resizing, codecs."""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+# cv2's own thread pool fights our decode/encode threads on small machines; the runner
+# parallelises across samples instead.
+cv2.setNumThreads(1)
+
+# --- sRGB <-> linear ---------------------------------------------------------------------------
+_SRGB_TO_LINEAR = np.array(
+    [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in np.arange(256) / 255.0],
+    dtype=np.float32,
+)
+_LINEAR_LEVELS = 65535
+_lin = np.arange(_LINEAR_LEVELS + 1, dtype=np.float64) / _LINEAR_LEVELS
+_LINEAR_TO_SRGB = np.round(
+    255.0 * np.where(_lin <= 0.0031308, 12.92 * _lin, 1.055 * np.power(_lin, 1 / 2.4) - 0.055)
+).astype(np.uint8)
+del _lin
+
+
+def srgb_to_linear(image: np.ndarray) -> np.ndarray:
+    """uint8 sRGB -> float32 linear RGB in [0, 1] (exact, by table)."""
+    return _SRGB_TO_LINEAR[image]
+
+
+def linear_to_srgb(linear: np.ndarray) -> np.ndarray:
+    """float linear RGB -> uint8 sRGB, clipped, through a 16-bit table (max error < 0.1 level)."""
+    q = np.clip(linear, 0.0, 1.0) * np.float32(_LINEAR_LEVELS) + np.float32(0.5)
+    return _LINEAR_TO_SRGB[q.astype(np.uint16)]
+
+
+# --- blurs and resizing ------------------------------------------------------------------------
+def kernel_to_sigma(ksize: int) -> float:
+    """OpenCV's sigma for an odd Gaussian kernel size (what cv2.GaussianBlur uses for sigma=0)."""
+    return 0.3 * ((ksize - 1) * 0.5 - 1) + 0.8
+
+
+def gaussian_blur(image: np.ndarray, sigma: float, max_sigma: float = 4.0) -> np.ndarray:
+    """Gaussian blur whose cost does not grow with sigma.
+
+    Large sigmas blur a downsampled copy (so that at most ``max_sigma`` px of blur is done at
+    the small size) and upsample it again; the result is smooth, so the resampling error is
+    far below one 8-bit level for the sigmas used here. Small sigmas blur directly.
+    """
+    if sigma <= 0:
+        return image
+    h, w = image.shape[:2]
+    factor = max(1.0, sigma / max_sigma)
+    if factor < 2.0:
+        return cv2.GaussianBlur(image, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    small_size = (max(1, round(w / factor)), max(1, round(h / factor)))
+    small = cv2.resize(image, small_size, interpolation=cv2.INTER_AREA)
+    # INTER_AREA averaging already blurs by about factor/sqrt(12) px per axis.
+    residual = max(0.0, (sigma / factor) ** 2 - 1 / 12.0) ** 0.5
+    small = cv2.GaussianBlur(small, (0, 0), residual, borderType=cv2.BORDER_REFLECT)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def resize(image: np.ndarray, size_hw: tuple[int, int], smooth: bool = True) -> np.ndarray:
+    """Resize to (height, width): area averaging when shrinking, bilinear when enlarging."""
+    h, w = size_hw
+    if image.shape[:2] == (h, w):
+        return image
+    shrinking = h * w < image.shape[0] * image.shape[1]
+    interp = (cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR) if smooth else cv2.INTER_NEAREST
+    return cv2.resize(image, (w, h), interpolation=interp)
+
+
+# --- codecs ------------------------------------------------------------------------------------
+def open_rgb(data: bytes | str) -> np.ndarray:
+    """Decode to HxWx3 uint8 sRGB, applying EXIF orientation first."""
+    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode != "RGB":
+            im = im.convert("RGB")
+        return np.asarray(im)
+
+
+def to_uint8(values: np.ndarray) -> np.ndarray:
+    """float [0, 1] -> uint8 with rounding."""
+    return (np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def with_alpha(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 + HxW float alpha -> HxWx4 uint8 RGBA."""
+    return np.dstack([rgb, to_uint8(alpha)])
+
+
+def encode(image: np.ndarray, fmt: str = "png", png_compress_level: int = 1, quality: int = 95) -> bytes:
+    """Encode HxW, HxWx3 (RGB) or HxWx4 (RGBA) uint8 with OpenCV (releases the GIL)."""
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    if fmt == "png":
+        params = [cv2.IMWRITE_PNG_COMPRESSION, int(png_compress_level)]
+    elif fmt == "webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, int(quality)]
+    elif fmt in ("jpg", "jpeg"):
+        if image.ndim == 3 and image.shape[2] == 4:
+            image = image[:, :, :3]  # JPEG has no alpha; the mask is written separately
+        params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+        fmt = "jpg"
+    else:
+        raise ValueError(f"unknown image format {fmt!r}")
+    ok, buf = cv2.imencode("." + fmt, image, params)
+    if not ok:
+        raise RuntimeError(f"could not encode image as {fmt}")
+    return buf.tobytes()

@@ -1,0 +1,149 @@
+"""Configurable parameters: a fixed value, a ``[lo, hi]`` range, or a choice.
+
+Config syntax (the same for every stage):
+
+* ``shadow.opacity=0.3``               fixed value
+* ``shadow.opacity=[0.2,0.5]``         uniform in [lo, hi] per image (integers stay integers)
+* ``shadow.blur=[31,51,71]``           uniform choice among the listed values (any list that is
+                                        not exactly two numbers)
+* ``shadow.patterns={cloud: 2, fence: 1}``  weighted choice
+
+Specs are validated when the stage is built, before any image is read, and every error names
+the full config key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from synth.errors import ConfigError
+
+
+def rng_for(seed: int, index: int, key: str) -> np.random.Generator:
+    """A generator that depends only on the run seed, the sample's global index and a key.
+
+    Never on processing order, batch size, worker count or sharding; and each key gets its own
+    stream, so changing one parameter's spec does not shift the draws of another.
+    """
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index), zlib.crc32(key.encode())])
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter spec, validated against bounds or allowed options."""
+
+    key: str
+    kind: str  # "fixed" | "range" | "choice"
+    values: tuple
+    weights: tuple | None = None
+    integer: bool = False
+    odd: bool = False
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def number(cls, key: str, spec: Any, lo: float, hi: float, integer: bool = False,
+               odd: bool = False) -> "Param":
+        """A numeric parameter whose every possible value lies within [lo, hi]."""
+        spec = _plain(spec)
+        allowed = f"a number in [{lo:g}, {hi:g}]" + (" (odd integer)" if odd else
+                                                      " (integer)" if integer else "")
+        if isinstance(spec, dict):
+            values, weights = tuple(spec.keys()), tuple(spec.values())
+            param = cls(key, "choice", values, _check_weights(key, weights), integer, odd)
+        elif isinstance(spec, (list, tuple)):
+            if len(spec) == 0:
+                raise ConfigError(f"{key}=[]: empty list; expected {allowed}, [lo, hi] or a choice list")
+            if len(spec) == 2 and all(_is_number(v) for v in spec):
+                if spec[0] > spec[1]:
+                    raise ConfigError(f"{key}=[{spec[0]}, {spec[1]}]: range has lo > hi; write [lo, hi]")
+                param = cls(key, "range", tuple(spec), None, integer, odd)
+            else:
+                param = cls(key, "choice", tuple(spec), None, integer, odd)
+        else:
+            param = cls(key, "fixed", (spec,), None, integer, odd)
+        for v in param.values:
+            if not _is_number(v) or not (lo <= v <= hi) or (isinstance(v, float) and math.isnan(v)):
+                raise ConfigError(f"{key}={_show(spec)}: {v!r} is not {allowed}")
+            if integer and int(v) != v:
+                raise ConfigError(f"{key}={_show(spec)}: {v!r} is not {allowed}")
+            if odd and param.kind != "range" and int(v) % 2 == 0:
+                raise ConfigError(f"{key}={_show(spec)}: {v!r} is even; a kernel size must be odd")
+        if odd and param.kind == "range" and param.values[0] == param.values[1] and param.values[0] % 2 == 0:
+            raise ConfigError(f"{key}={_show(spec)}: range holds no odd value")
+        return param
+
+    @classmethod
+    def option(cls, key: str, spec: Any, allowed: Sequence[str]) -> "Param":
+        """A categorical parameter: one option, a list (uniform) or {option: weight}."""
+        spec = _plain(spec)
+        if spec is None:
+            spec = list(allowed)
+        if isinstance(spec, dict):
+            values, weights = tuple(spec.keys()), _check_weights(key, tuple(spec.values()))
+        elif isinstance(spec, (list, tuple)):
+            values, weights = tuple(spec), None
+        else:
+            values, weights = (spec,), None
+        if not values:
+            raise ConfigError(f"{key}: empty; choose from {', '.join(allowed)}")
+        for v in values:
+            if v not in allowed:
+                raise ConfigError(f"{key}={_show(spec)}: unknown option {v!r}; choose from {', '.join(allowed)}")
+        return cls(key, "fixed" if len(values) == 1 else "choice", values, weights)
+
+    # -- sampling -----------------------------------------------------------------------------
+    def sample(self, seed: int, index: int) -> Any:
+        """Draw this parameter's value for one sample (deterministic in seed, index and key)."""
+        if self.kind == "fixed":
+            return _native(self.values[0])
+        rng = rng_for(seed, index, self.key)
+        if self.kind == "choice":
+            p = None
+            if self.weights is not None:
+                p = np.asarray(self.weights, dtype=np.float64)
+                p = p / p.sum()
+            return _native(self.values[int(rng.choice(len(self.values), p=p))])
+        lo, hi = self.values
+        if self.odd:
+            # Uniform over the odd integers in [lo, hi].
+            first, last = int(lo) | 1, int(hi) if int(hi) % 2 else int(hi) - 1
+            return first + 2 * int(rng.integers(0, (last - first) // 2 + 1))
+        if self.integer or (isinstance(lo, int) and isinstance(hi, int)):
+            return int(rng.integers(int(lo), int(hi) + 1))
+        return float(rng.uniform(lo, hi))
+
+
+def _check_weights(key: str, weights: tuple) -> tuple:
+    if not all(_is_number(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(f"{key}: weights must be non-negative numbers with a positive sum, got {list(weights)}")
+    return weights
+
+
+def _plain(spec: Any) -> Any:
+    """OmegaConf containers to plain Python (stages may be built with or without _convert_)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+        if isinstance(spec, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(spec, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return spec
+
+
+def _native(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _show(spec: Any) -> str:
+    if isinstance(spec, (list, tuple)):
+        return "[" + ",".join(str(v) for v in spec) + "]"
+    return str(spec)

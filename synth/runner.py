@@ -1,0 +1,187 @@
+"""Streams samples through the stages, with decoding and writing in threads beside them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from synth.data import ImageFolder
+from synth.errors import ConfigError
+from synth.files import atomic_write_json
+from synth.loggers import NullLogger
+from synth.sample import Sample
+from synth.stages.base import Stage
+
+log = logging.getLogger("synth")
+STAGE_GROUPS = ("segmentation", "albedo", "shadow", "recombine", "captioning")
+
+
+def check_chain(stages: Sequence[Stage]) -> None:
+    """Fail before any image is read when a stage needs a field no earlier stage provides."""
+    available = {"image"}
+    for stage in stages:
+        missing = [f for f in stage.requires if f not in available]
+        if missing:
+            raise ConfigError(f"{stage.name}: needs {', '.join(missing)} from an earlier stage, but the "
+                              f"configured stages before it provide only {', '.join(sorted(available))}")
+        available.update(stage.provides)
+
+
+def _batches(samples: Iterable[Sample], size: int) -> Iterable[list[Sample]]:
+    batch: list[Sample] = []
+    for sample in samples:
+        batch.append(sample)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class Runner:
+    """One job: this shard's samples through ``stages``, then to every writer and the logger."""
+
+    def __init__(self, source: ImageFolder, stages: Sequence[Stage], writers: Sequence[Any],
+                 logger: Any = None, run_dir: str | Path = ".", seed: int = 0, batch_size: int = 4,
+                 num_workers: int = 2, device: str = "auto", resume: bool = True):
+        if int(batch_size) < 1:
+            raise ConfigError(f"batch_size={batch_size}: must be >= 1")
+        if int(num_workers) < 1:
+            raise ConfigError(f"num_workers={num_workers}: must be >= 1")
+        check_chain(stages)
+        self.source, self.stages, self.writers = source, list(stages), list(writers)
+        self.logger = logger or NullLogger()
+        self.run_dir, self.seed = Path(run_dir), int(seed)
+        self.batch_size, self.num_workers, self.device, self.resume = int(batch_size), int(num_workers), device, resume
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _is_complete(self, sample_id: str) -> bool:
+        return all(w.metadata_path(sample_id).is_file() for w in self.writers if hasattr(w, "metadata_path"))
+
+    def _run_stage(self, stage: Stage, batch: list[Sample]) -> None:
+        live = [s for s in batch if s.ok]
+        if not live:
+            return
+        start = time.perf_counter()
+        try:
+            stage.process(live)
+        except Exception:  # noqa: BLE001 - isolate the bad sample by retrying one at a time
+            for sample in live:
+                try:
+                    stage.process([sample])
+                except Exception as err:  # noqa: BLE001
+                    sample.fail(stage.name, err)
+        per_sample = 1000.0 * (time.perf_counter() - start) / len(live)
+        for sample in live:
+            sample.timings_ms[stage.name] = per_sample
+
+    def _write(self, sample: Sample) -> dict[str, Any]:
+        start = time.perf_counter()
+        record: dict[str, Any] = {}
+        for writer in self.writers:
+            record = writer.write(sample) or record
+        sample.timings_ms["write"] = 1000.0 * (time.perf_counter() - start)
+        return record
+
+    # -- the job --------------------------------------------------------------------------------
+    def run(self, config: dict[str, Any] | None = None) -> dict[str, Any]:
+        started = time.perf_counter()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for writer in self.writers:
+            writer.open(self.run_dir)
+        items = self.source.items()
+        todo = [it for it in items if not (self.resume and self._is_complete(it.id))]
+        skipped = len(items) - len(todo)
+        if skipped:
+            log.info("resume: %d of %d samples already complete in %s", skipped, len(items), self.run_dir)
+        self.logger.start(config or {}, str(self.run_dir))
+        exit_code = 1
+        records: list[dict[str, Any]] = []
+        failures: list[dict[str, Any]] = []
+        timings: dict[str, list[float]] = {}
+        try:
+            for stage in self.stages:
+                stage.setup(self.device)
+            with ThreadPoolExecutor(self.num_workers, thread_name_prefix="decode") as decoders, \
+                    ThreadPoolExecutor(self.num_workers, thread_name_prefix="write") as encoders, \
+                    tqdm(total=len(todo), unit="img", desc="synth", disable=None) as bar:
+                pending: deque[tuple[Sample, Future | None]] = deque()
+
+                def collect(keep: int) -> None:
+                    """Finish samples in order: all that are done, and more until ``keep`` remain."""
+                    while pending and (len(pending) > keep or pending[0][1] is None or pending[0][1].done()):
+                        sample, future = pending.popleft()
+                        try:
+                            if future is not None:
+                                records.append(future.result())
+                        except Exception as err:  # noqa: BLE001 - a write failure fails the sample
+                            sample.fail("write", err)
+                        self._finish(sample, failures, timings, len(records) + len(failures))
+                        bar.update(1)
+
+                prefetch = max(2 * self.batch_size, 2 * self.num_workers)
+
+                def decoded() -> Iterable[Sample]:
+                    window: deque[Future] = deque()
+                    for item in todo:
+                        window.append(decoders.submit(self.source.load, item, self.seed))
+                        if len(window) >= prefetch:
+                            yield window.popleft().result()
+                    while window:
+                        yield window.popleft().result()
+
+                for batch in _batches(decoded(), self.batch_size):
+                    for stage in self.stages:
+                        self._run_stage(stage, batch)
+                    for sample in batch:
+                        pending.append((sample, encoders.submit(self._write, sample) if sample.ok else None))
+                    collect(keep=prefetch)
+                    done = len(records) + len(failures)
+                    elapsed = time.perf_counter() - started
+                    self.logger.log_metrics({"images_per_s": done / max(elapsed, 1e-9),
+                                             "done": len(records), "failed": len(failures)}, step=done)
+                collect(keep=0)
+            exit_code = 0 if records or not failures else 1
+        finally:
+            summary = self._summary(items, skipped, records, failures, timings,
+                                    time.perf_counter() - started, exit_code)
+            atomic_write_json(self.run_dir / "metadata.json", summary)
+            for writer in self.writers:
+                writer.close()
+            self.logger.finish(summary, exit_code)
+        return summary
+
+    def _finish(self, sample: Sample, failures: list, timings: dict, step: int) -> None:
+        if sample.ok:
+            for key, ms in sample.timings_ms.items():
+                timings.setdefault(key, []).append(ms)
+        else:
+            failures.append({"id": sample.id, "path": sample.source, "stage": sample.error_stage,
+                             "error": sample.error})
+            log.warning("failed %s (%s) at %s: %s", sample.id, sample.source, sample.error_stage, sample.error)
+        self.logger.log_sample(sample, step)
+
+    def _summary(self, items, skipped, records, failures, timings, elapsed, exit_code) -> dict[str, Any]:
+        processed = len(records) + len(failures)
+        return {
+            "run_dir": str(self.run_dir),
+            "total": len(items),
+            "done": len(records),
+            "skipped_complete": skipped,
+            "failed": len(failures),
+            "exit_code": exit_code,
+            "elapsed_s": round(elapsed, 3),
+            "images_per_s": round(processed / elapsed, 3) if elapsed > 0 else None,
+            "stage_ms": {k: {"median": round(float(np.median(v)), 2), "mean": round(float(np.mean(v)), 2)}
+                         for k, v in timings.items()},
+            "failures": failures,
+            "samples": sorted(records, key=lambda r: r.get("index", 0)),
+        }
+

@@ -1,0 +1,53 @@
+"""The one record that flows through the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from synth.params import rng_for
+
+
+@dataclass
+class Sample:
+    """Everything known about one input image. Stages fill their own fields.
+
+    Images are HxWx3 uint8 sRGB; ``mask`` and ``shadow_matte`` are HxW float32 in [0, 1].
+    ``foreground``, ``albedo`` and ``degraded`` are full-frame layers: they are meaningful where
+    ``mask`` > 0 and the writer stores them with the mask as alpha. ``background`` is the input
+    with the subject cut out (kept for the reference layout; compositing uses ``image``).
+    """
+
+    index: int  # position in the sorted, global source list
+    id: str  # zero-padded index: the stem of every output file
+    source: str  # input path as given
+    seed: int
+    image: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    foreground: np.ndarray | None = None
+    background: np.ndarray | None = None
+    albedo: np.ndarray | None = None
+    degraded: np.ndarray | None = None
+    shadow_matte: np.ndarray | None = None
+    composite: np.ndarray | None = None
+    caption: str | None = None
+    degradation_type: str | None = None
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> sampled values
+    timings_ms: dict[str, float] = field(default_factory=dict)  # stage -> milliseconds
+    error: str | None = None
+    error_stage: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def rng(self, key: str) -> np.random.Generator:
+        """A generator for ``key`` that depends only on the seed and this sample's index."""
+        return rng_for(self.seed, self.index, key)
+
+    def fail(self, stage: str, error: BaseException | str) -> None:
+        message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        self.error = " ".join(str(message).split())  # one line, whatever the exception said
+        self.error_stage = stage
