@@ -1,0 +1,1 @@
+"""Benchmarks that print numbers (never timed assertions). ``python -m synth.bench [NAME]``."""
