@@ -1,0 +1,133 @@
+"""End-to-end throughput of the weight-free pipeline: ``python -m synth.bench [pipeline]``.
+
+Inputs are the bundled photos resized to SIZE x SIZE (cycled to COUNT files) with masks given
+(``segmentation=mask_folder``), and every reference artifact is written. Each repeat is a real
+``python -m synth`` job; throughput comes from the job's own clock (decode to last write),
+so interpreter start-up is excluded. A re-implementation of the reference's non-model stages
+(full-resolution Retinex blurs, its float32 composite, twelve default-compression PNG writes)
+runs in the same process as the baseline for the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from synth.data import SAMPLES_DIR
+from synth.imaging import open_rgb, resize
+from synth.sample import Sample
+from synth.stages.segmentation import GrabCut
+
+
+def prepare_inputs(workdir: Path, count: int = 16, size: int = 1024) -> tuple[Path, Path]:
+    """COUNT square SIZE px JPEGs made from the bundled photos, and a GrabCut mask for each."""
+    images_dir, masks_dir = Path(workdir) / "images", Path(workdir) / "masks"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    masks_dir.mkdir(parents=True, exist_ok=True)
+    sources = sorted(SAMPLES_DIR.glob("*.jpg"))
+    segmenter = GrabCut()
+    for i in range(count):
+        src = sources[i % len(sources)]
+        image = open_rgb(str(src))
+        h, w = image.shape[:2]
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        square = cv2.resize(image[top:top + side, left:left + side], (size, size), interpolation=cv2.INTER_CUBIC)
+        stem = f"{i:04d}_{src.stem}"
+        Image.fromarray(square).save(images_dir / f"{stem}.jpg", quality=95)
+        sample = Sample(index=i, id=stem, source=stem, seed=0, image=square)
+        segmenter.process_sample(sample)
+        cv2.imwrite(str(masks_dir / f"{stem}.png"), (sample.mask * 255 + 0.5).astype(np.uint8))
+    return images_dir, masks_dir
+
+
+def time_run(run_dir: Path, overrides: list[str]) -> dict:
+    """Run one ``python -m synth`` job into ``run_dir``; return its summary (metadata.json)."""
+    cmd = [sys.executable, "-m", "synth", f"hydra.run.dir={run_dir}", "logger=none", *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark job failed ({' '.join(cmd)}):\n{proc.stdout}\n{proc.stderr}")
+    return json.loads((Path(run_dir) / "metadata.json").read_text())
+
+
+# --- the reference's non-model stages, re-implemented faithfully for the baseline -------------
+def _reference_retinex(image: np.ndarray) -> np.ndarray:
+    img = image.astype(np.float64) + 1.0
+    msr = np.zeros_like(img)
+    for sigma in (15, 80, 250):  # full-resolution Gaussians: 6*sigma+1 taps
+        msr += np.log10(img) - np.log10(cv2.GaussianBlur(img, (0, 0), sigma))
+    msr /= 3
+    out = np.zeros_like(msr)
+    for c in range(3):
+        lo, hi = np.percentile(msr[:, :, c], [1, 99])
+        out[:, :, c] = np.clip((msr[:, :, c] - lo) / max(hi - lo, 1e-6), 0, 1) * 255
+    return (0.8 * out + 0.2 * image).astype(np.uint8)
+
+
+def reference_like(image: np.ndarray, mask: np.ndarray, out_dir: Path, stem: str) -> None:
+    albedo = _reference_retinex(image * (mask[..., None] > 0.5))
+    matte = np.zeros(mask.shape, np.float32)
+    matte[:, : mask.shape[1] // 2] = 1.0
+    matte = cv2.GaussianBlur(matte, (71, 71), 0)
+    degraded = (albedo.astype(np.float32) * (1 - 0.35 * matte[..., None])).astype(np.uint8)  # sRGB, grey
+    fg = (image * mask[..., None]).astype(np.uint8)
+    bg = (image * (1 - mask[..., None])).astype(np.uint8)
+    m3 = mask[..., None]
+    composite = (degraded.astype(np.float32) * m3 + bg.astype(np.float32) * (1 - m3)).astype(np.uint8)
+    m8 = (mask * 255).astype(np.uint8)
+    writes = [fg, bg, m8, albedo, degraded, composite, image, composite, degraded, albedo, fg, bg]
+    for k, arr in enumerate(writes):  # twelve PNGs at PIL's default compression
+        Image.fromarray(arr).save(out_dir / f"{stem}_{k}.png")
+
+
+def bench_reference(images_dir: Path, masks_dir: Path, count: int) -> float:
+    paths = sorted(images_dir.glob("*.jpg"))[:count]
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        for path in paths:
+            image = open_rgb(str(path))
+            mask = cv2.imread(str(masks_dir / f"{path.stem}.png"), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255
+            reference_like(image, resize(mask, image.shape[:2]), Path(out), path.stem)
+        return len(paths) / (time.perf_counter() - start)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m synth.bench pipeline", description=__doc__)
+    parser.add_argument("--count", type=int, default=24, help="images per run")
+    parser.add_argument("--size", type=int, default=1024, help="image side in pixels")
+    parser.add_argument("--repeats", type=int, default=5, help="runs; the median is reported")
+    parser.add_argument("--baseline-count", type=int, default=2, help="images for the reference baseline (0 skips)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        images_dir, masks_dir = prepare_inputs(tmp, args.count, args.size)
+        base = ["data=folder", f"data.path={images_dir}", "segmentation=mask_folder",
+                f"segmentation.path={masks_dir}", *args.overrides]
+        print(f"synth pipeline benchmark: {args.count} images of {args.size}x{args.size}, "
+              f"masks given, all artifacts written, {args.repeats} runs")
+        rates, stage_ms = [], {}
+        for r in range(args.repeats):
+            summary = time_run(tmp / f"run{r}", base)
+            rates.append(summary["images_per_s"])
+            for stage, ms in summary["stage_ms"].items():
+                stage_ms.setdefault(stage, []).append(ms["median"])
+            print(f"  run {r + 1}: {summary['images_per_s']:.2f} images/s")
+        rate = statistics.median(rates)
+        print(f"synth: {rate:.2f} images/s (median of {args.repeats})")
+        print("  per-image ms (median): " + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in stage_ms.items()))
+        if args.baseline_count:
+            ref = bench_reference(images_dir, masks_dir, args.baseline_count)
+            print(f"reference re-implementation: {ref:.3f} images/s ({args.baseline_count} images)")
+            print(f"speed-up: {rate / ref:.1f}x")
