@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import html
+import json
+import os
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from synth.errors import ConfigError
+from synth.imaging import resize, to_uint8, with_alpha
 from synth.sample import Sample
+
+MODES = ("online", "offline", "disabled")
 
 
 class NullLogger:
@@ -21,3 +31,228 @@ class NullLogger:
 
     def finish(self, summary: dict[str, Any], exit_code: int) -> None:
         """Called exactly once at the end, also when the job failed (exit_code != 0)."""
+
+
+class WandbLogger(NullLogger):
+    """``logger=wandb``: one W&B run per Hydra job, every stage image of the logged samples.
+
+    A sample is logged when its global index is a multiple of ``log_every_n``, up to
+    ``max_images`` samples per run: selecting by index (not by completion order) makes every
+    job of a sweep log the same inputs, so their images line up in the dashboard.
+    """
+
+    def __init__(self, project: str = "synth", entity: str | None = None, group: str | None = None,
+                 job_type: str = "generate", tags: list[str] | None = None, name: str | None = None,
+                 notes: str | None = None, mode: str = "online", dir: str | None = None,
+                 log_every_n: int = 1, max_images: int = 100, image_size: int | None = 512):
+        if mode not in MODES:
+            raise ConfigError(f"logger.mode={mode}: choose from {', '.join(MODES)}")
+        if int(log_every_n) < 1:
+            raise ConfigError(f"logger.log_every_n={log_every_n}: must be >= 1")
+        if int(max_images) < 0:
+            raise ConfigError(f"logger.max_images={max_images}: must be >= 0")
+        if image_size is not None and int(image_size) < 16:
+            raise ConfigError(f"logger.image_size={image_size}: must be >= 16 or null (full size)")
+        self.init_kwargs = dict(project=project, entity=entity, group=group, job_type=job_type,
+                                tags=list(tags or []), name=name, notes=notes)
+        self.mode, self.dir = mode, dir
+        self.log_every_n, self.max_images = int(log_every_n), int(max_images)
+        self.image_size = None if image_size is None else int(image_size)
+        self.run: Any = None
+        self.rows: list[dict[str, Any]] = []
+        self.failures: list[list[Any]] = []
+        self.ms_sum: dict[str, float] = {}
+        self.ms_count: dict[str, int] = {}
+
+    # -- the run ---------------------------------------------------------------------------------
+    def start(self, config: dict[str, Any], run_dir: str) -> None:
+        import wandb  # only here, so that logger=none never imports it
+
+        mode = self.mode
+        if mode == "online" and not _has_credentials(wandb):
+            mode = "offline"  # never prompt: a job must not wait for input on a cluster node
+            print("synth: no W&B credentials (wandb login / WANDB_API_KEY); logging offline", flush=True)
+        hydra = _hydra_info()
+        kwargs = dict(self.init_kwargs)
+        kwargs["group"] = kwargs["group"] or hydra.get("group")
+        kwargs["name"] = kwargs["name"] or hydra.get("name")
+        # WANDB_DIR wins; otherwise the W&B files live in the run directory, beside the outputs.
+        wandb_dir = Path(self.dir or os.environ.get("WANDB_DIR") or run_dir)
+        wandb_dir.mkdir(parents=True, exist_ok=True)
+        config = {**config, "run_dir": str(run_dir), "overrides": hydra.get("overrides", [])}
+        self.run = wandb.init(**kwargs, mode=mode, dir=str(wandb_dir), config=config,
+                              reinit="finish_previous")
+        self.mode_used = mode
+
+    def log_sample(self, sample: Sample, step: int) -> None:
+        if self.run is None:
+            return
+        if not sample.ok:
+            self.failures.append([sample.id, sample.source, sample.error_stage, sample.error])
+            return
+        for stage, ms in sample.timings_ms.items():
+            self.ms_sum[stage] = self.ms_sum.get(stage, 0.0) + ms
+            self.ms_count[stage] = self.ms_count.get(stage, 0) + 1
+        if sample.index % self.log_every_n or len(self.rows) >= self.max_images:
+            return
+        images = self._images(sample)
+        raw_input = images.pop("stage_1/input_raw", None)  # the table's plain input; history shows the overlay
+        self.run.log(images, step=step)
+        row = {"id": sample.id, "index": sample.index, "source": sample.source,
+               "input": raw_input, "mask": images.get("stage_1/input"),
+               "albedo": images.get("stage_2/albedo"), "degraded": images.get("stage_3/degraded"),
+               "composite": images.get("stage_3_5/composite"), "caption": sample.caption,
+               "degradation_type": sample.degradation_type}
+        row.update(flatten_params(sample.params))
+        self.rows.append(row)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.run is None:
+            return
+        self.run.log(self._perf(metrics), step=step)
+
+    def _perf(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The runner's metrics under perf/, plus the mean ms per stage so far under ms/."""
+        data = {f"perf/{key}": value for key, value in metrics.items()}
+        data.update({f"ms/{stage}": self.ms_sum[stage] / self.ms_count[stage] for stage in self.ms_sum})
+        return data
+
+    def finish(self, summary: dict[str, Any], exit_code: int) -> None:
+        if self.run is None:
+            return
+        import wandb
+
+        run, self.run = self.run, None
+        try:
+            # The runner's last batches finish after its last log_metrics call: log the final point.
+            run.log(self._perf({"images_per_s": summary.get("images_per_s") or 0.0,
+                                "done": summary.get("done", 0), "failed": summary.get("failed", 0)}))
+            if self.rows:
+                run.log({"samples": samples_table(wandb, self.rows)})
+            if self.failures:
+                run.log({"failures": wandb.Table(columns=["id", "source", "stage", "error"], data=self.failures)})
+            totals = {k: summary.get(k) for k in ("total", "done", "failed", "skipped_complete", "elapsed_s",
+                                                   "images_per_s", "exit_code")}
+            totals.update({f"ms_median/{k}": v["median"] for k, v in summary.get("stage_ms", {}).items()})
+            run.summary.update(totals)
+        finally:
+            # Always finish, failing when the job failed, so the next job of a multirun starts fresh.
+            run.finish(exit_code=exit_code)
+            if self.mode_used == "offline":
+                print(f"synth: W&B run saved offline; upload it with: wandb sync {Path(run.dir).parent}",
+                      flush=True)
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _fit(self, image: np.ndarray) -> np.ndarray:
+        """Shrink to ``image_size`` on the long side: W&B is for looking, the run dir keeps full size."""
+        h, w = image.shape[:2]
+        if self.image_size is None or max(h, w) <= self.image_size:
+            return image
+        scale = self.image_size / max(h, w)
+        return resize(image, (max(1, round(h * scale)), max(1, round(w * scale))))
+
+    def _images(self, sample: Sample) -> dict[str, Any]:
+        """Every stage image of one sample, keyed by stage so W&B shows them side by side."""
+        import wandb
+
+        sid, mask = sample.id, sample.mask
+        small_mask = None if mask is None else self._fit(mask.astype(np.float32))
+        out: dict[str, Any] = {}
+
+        def put(key: str, image: np.ndarray | None, caption: str = sid, **kwargs: Any) -> None:
+            if image is not None:
+                out[key] = wandb.Image(image, caption=caption, **kwargs)
+
+        def layer(image: np.ndarray | None) -> np.ndarray | None:
+            """Subject layers as RGBA with the mask as alpha, as the folder writer stores them."""
+            if image is None:
+                return None
+            return with_alpha(self._fit(image), small_mask) if small_mask is not None else self._fit(image)
+
+        image = None if sample.image is None else self._fit(sample.image)
+        put("stage_1/input_raw", image)
+        if small_mask is not None:
+            overlay = {"subject": {"mask_data": (small_mask >= 0.5).astype(np.uint8),
+                                   "class_labels": {0: "background", 1: "subject"}}}
+            put("stage_1/input", image, masks=overlay)
+            put("stage_1/mask", to_uint8(small_mask))
+        else:
+            put("stage_1/input", image)
+        put("stage_1/foreground", layer(sample.foreground))
+        put("stage_1/background", None if sample.background is None else self._fit(sample.background))
+        put("stage_2/albedo", layer(sample.albedo))
+        put("stage_3/degraded", layer(sample.degraded))
+        if sample.shadow_matte is not None:
+            put("stage_3/shadow_matte", to_uint8(self._fit(sample.shadow_matte.astype(np.float32))))
+        put("stage_3_5/composite", None if sample.composite is None else self._fit(sample.composite),
+            caption=f"{sid}: {sample.caption}" if sample.caption else sid)
+        if sample.caption is not None:
+            out["stage_4/caption"] = wandb.Html(f"<p><b>{sid}</b>: {html.escape(sample.caption)}</p>")
+        return out
+
+
+def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"shadow": {"opacity": 0.3}} -> {"shadow.opacity": 0.3}: one table column per drawn value.
+
+    Lists become JSON text, so every cell is a number, a string or a bool that W&B can sort.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_params(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(value, default=str)
+        elif isinstance(value, np.generic):
+            flat[name] = value.item()
+        else:
+            flat[name] = value
+    return flat
+
+
+def samples_table(wandb: Any, rows: list[dict[str, Any]]) -> Any:
+    """One row per logged sample; parameter columns are the union over rows (missing -> None)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    data = [[row.get(column) for column in columns] for row in rows]
+    return wandb.Table(columns=columns, data=data, allow_mixed_types=True)
+
+
+def _has_credentials(wandb: Any) -> bool:
+    """Whether W&B has an API key (env, settings or .netrc), without ever prompting."""
+    try:
+        return bool(wandb.login(prompt=False, verify=False))
+    except TypeError:  # wandb before `prompt=` existed: look for the usual places ourselves
+        import netrc
+
+        if os.environ.get("WANDB_API_KEY"):
+            return True
+        try:
+            return netrc.netrc().authenticators("api.wandb.ai") is not None
+        except (OSError, netrc.NetrcParseError):
+            return False
+
+
+def _hydra_info() -> dict[str, Any]:
+    """Group, name and overrides from the Hydra job, when there is one.
+
+    ``group`` is the sweep directory in a multirun (after ``multirun/`` when the path has one,
+    e.g. ``2026-11-26/09-00-02``, else its last part), so every job of a sweep shares it; the
+    name is the job's own overrides (``seed=1,shadow.opacity=0.3``), logger settings left out.
+    """
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not HydraConfig.initialized():
+            return {}
+        hc = HydraConfig.get()
+    except Exception:  # noqa: BLE001 - no Hydra job (a library call): nothing to derive
+        return {}
+    overrides = [o for o in hc.overrides.task if not o.lstrip("+~").startswith(("logger.", "logger="))]
+    info: dict[str, Any] = {"overrides": list(hc.overrides.task), "name": ",".join(overrides) or None}
+    if hc.mode == RunMode.MULTIRUN:
+        parts = Path(hc.sweep.dir).parts
+        info["group"] = "/".join(parts[parts.index("multirun") + 1:]) if "multirun" in parts[:-1] else parts[-1]
+    return info
