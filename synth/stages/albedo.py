@@ -39,11 +39,8 @@ class Retinex(Stage):
     def process_sample(self, sample: Sample) -> None:
         blend = self.blend.sample(sample.seed, sample.index)
         image = sample.image.astype(np.float32) + 1.0
-        log_image = np.log(image)
-        msr = np.zeros_like(image)
-        for sigma in self.sigmas:
-            msr += log_image - np.log(gaussian_blur(image, sigma))
-        msr /= len(self.sigmas)
+        log_surround = sum(gaussian_blur(image, sigma, then=np.log) for sigma in self.sigmas)
+        msr = np.log(image) - log_surround / len(self.sigmas)
         balanced = _colour_balance(msr, sample.mask, self.balance)
         albedo = (1.0 - blend) * balanced * 255.0 + blend * sample.image
         sample.albedo = (np.clip(albedo, 0, 255) + 0.5).astype(np.uint8)
