@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from synth.decode import Limits, decode
 from synth.errors import ConfigError, SampleError
-from synth.imaging import open_rgb
 from synth.sample import Sample
 
+log = logging.getLogger("synth")
 SAMPLES_DIR = Path(__file__).parent / "samples"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -28,12 +30,16 @@ class ImageFolder:
 
     ``{id}`` is the zero-padded position in that sorted list, the same in every shard:
     shard ``shard_index`` of ``num_shards`` takes the items whose index ``% num_shards`` equals
-    ``shard_index``.
+    ``shard_index``. Ids are positions, not names, so names with spaces or non-ASCII
+    characters and equal stems in different sub-folders never collide in the outputs.
+
+    ``min_side``, ``max_side`` and ``max_pixels`` are the input limits (see synth.decode).
     """
 
     def __init__(self, path: str | None = None, recursive: bool = True,
                  extensions: Sequence[str] = IMAGE_EXTENSIONS, num_shards: int = 1, shard_index: int = 0,
-                 limit: int | None = None):
+                 limit: int | None = None, min_side: int = 16, max_side: int | None = 4096,
+                 max_pixels: int | None = 100_000_000):
         if not path:
             raise ConfigError("data.path: required with data=folder, e.g. data.path=/data/photos")
         self.root = Path(path).expanduser()
@@ -48,6 +54,7 @@ class ImageFolder:
         self.extensions = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
         self.recursive, self.num_shards, self.shard_index = recursive, int(num_shards), int(shard_index)
         self.limit = None if limit is None else int(limit)
+        self.limits = Limits(min_side=min_side, max_side=max_side, max_pixels=max_pixels)  # validates
         self._paths: list[Path] | None = None
 
     @property
@@ -73,12 +80,24 @@ class ImageFolder:
         return len(self.items())
 
     def load(self, item: Item, seed: int) -> Sample:
-        """Decode one item into a fresh Sample (runs in a worker thread)."""
+        """Decode one item into a fresh Sample (runs in a worker thread).
+
+        A file that cannot be used fails this sample only, with a one-line reason."""
         sample = Sample(index=item.index, id=item.id, source=item.path, seed=seed)
         try:
-            sample.image = open_rgb(item.path)
-        except Exception as err:  # noqa: BLE001 - any decoder failure fails this sample only
-            sample.fail("load", SampleError(f"cannot read {item.path}: {err}"))
+            decoded = decode(item.path, self.limits)
+        except SampleError as err:
+            sample.fail("load", str(err))
+            return sample
+        except Exception as err:  # noqa: BLE001 - anything else the decoder hits fails this sample only
+            sample.fail("load", f"cannot decode: {type(err).__name__}: {err}")
+            return sample
+        sample.image, sample.alpha = decoded.rgb, decoded.alpha
+        sample.params["load"] = decoded.info  # source format, size, orientation, resize: in the metadata
+        for note in decoded.notes:
+            log.debug("%s (%s): %s", item.id, item.path, note)
+        for warning in decoded.warnings:
+            log.warning("%s (%s): %s", item.id, item.path, warning)
         return sample
 
 

@@ -7,3 +7,7 @@ class ConfigError(ValueError):
 
 class SampleError(RuntimeError):
     """One sample cannot be processed; the run records it and goes on."""
+
+
+class OutputError(RuntimeError):
+    """The run directory cannot be written (not writable, disk full): the run stops, one line."""

@@ -25,6 +25,7 @@ class Sample:
     source: str  # input path as given
     seed: int
     image: np.ndarray | None = None
+    alpha: np.ndarray | None = None  # HxW uint8 alpha of the input file, if it has one (segmentation=alpha)
     mask: np.ndarray | None = None
     foreground: np.ndarray | None = None
     background: np.ndarray | None = None

@@ -79,10 +79,19 @@ def _largest_component(binary: np.ndarray) -> np.ndarray:
 
 
 class MaskFolder(Stage):
-    """Masks you already have: ``<path>/<stem>.png`` for each input ``<stem>.<ext>``.
+    """Masks you already have: ``<path>/<stem><suffix>`` for each input ``<stem>.<ext>``.
 
-    Any size (resized to the image), grey levels kept as soft alpha; colour or alpha-channel
-    masks use their luminance, or their alpha channel when it is not fully opaque.
+    Lookup, so that equal stems in different sub-folders get their own masks: the mask folder
+    may mirror the input tree. For an input ``.../a/b/x.jpg`` the first of
+    ``<path>/.../a/b/x.png``, ..., ``<path>/b/x.png``, ``<path>/x.png`` that exists is used
+    (the longest matching tail of the input path). A flat mask folder therefore gives every
+    input named ``x.*`` the same ``x.png``: with duplicate stems, mirror the sub-folders.
+
+    Modes: grey levels are soft alpha; 8- or 16-bit; a 0/1 label mask (max value 1) is taken as
+    binary; float masks are clipped to [0, 1]; colour masks use their luminance, or their alpha
+    channel when it is not uniform. Size: resized to the image (which may itself have been
+    resized by ``data.max_side``) when the aspect ratio agrees; a mask of another shape is
+    refused, since it belongs to another image (or to the image before EXIF rotation).
     """
 
     name = "segmentation"
@@ -97,7 +106,15 @@ class MaskFolder(Stage):
         self.suffix = suffix
 
     def mask_path(self, sample: Sample) -> Path:
-        return self.path / (Path(sample.source).stem + self.suffix)
+        """The mask for ``sample``: the longest tail of its path that exists here, else the flat name."""
+        source = Path(sample.source)
+        parts = source.with_name(source.stem + self.suffix).parts
+        parts = parts[1:] if source.is_absolute() else parts
+        for start in range(len(parts)):
+            candidate = self.path.joinpath(*parts[start:])
+            if candidate.is_file():
+                return candidate
+        return self.path / parts[-1]
 
     def process_sample(self, sample: Sample) -> None:
         path = self.mask_path(sample)
@@ -106,10 +123,48 @@ class MaskFolder(Stage):
         raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if raw is None:
             raise SampleError(f"mask {path} is not a readable image")
-        if raw.ndim == 3 and raw.shape[2] == 4 and raw[:, :, 3].min() < raw[:, :, 3].max():
-            raw = raw[:, :, 3]
-        elif raw.ndim == 3:
-            raw = cv2.cvtColor(raw[:, :, :3], cv2.COLOR_BGR2GRAY)
-        scale = 65535.0 if raw.dtype == np.uint16 else 255.0
-        mask = raw.astype(np.float32) / scale
-        set_mask(sample, resize(mask, sample.image.shape[:2]))
+        mask = _mask_values(raw, path)
+        (mh, mw), (h, w) = mask.shape, sample.image.shape[:2]
+        if abs(mh - mw * h / w) > max(1.0, 0.02 * mh):
+            raise SampleError(f"mask {path} is {mw}x{mh} but the image is {w}x{h}: the aspect ratio differs")
+        set_mask(sample, resize(mask, (h, w)))
+
+
+def _mask_values(raw: np.ndarray, path: Path) -> np.ndarray:
+    """Any mask file's pixels -> HxW float32 in [0, 1]."""
+    if raw.ndim == 3:
+        channels = raw.shape[2]
+        alpha = raw[:, :, channels - 1] if channels in (2, 4) else None
+        if alpha is not None and alpha.min() < alpha.max():
+            raw = alpha
+        elif channels >= 3:
+            raw = cv2.cvtColor(np.ascontiguousarray(raw[:, :, :3]), cv2.COLOR_BGR2GRAY)
+        else:
+            raw = raw[:, :, 0]
+    if raw.dtype in (np.uint8, np.uint16):
+        top = 1.0 if raw.max() <= 1 else 255.0 if raw.dtype == np.uint8 else 65535.0  # 0/1 labels
+        return raw.astype(np.float32) / top
+    if raw.dtype in (np.float32, np.float64):
+        return np.clip(np.nan_to_num(raw.astype(np.float32)), 0.0, 1.0)
+    raise SampleError(f"mask {path} has unsupported pixel type {raw.dtype}")
+
+
+class AlphaMask(Stage):
+    """The input's own alpha channel as the mask (``segmentation=alpha``): cut-outs and product
+    shots saved with transparency (RGBA, grey+alpha, or a palette with a transparent colour).
+
+    The decoder keeps the file's alpha on ``Sample.alpha`` (oriented and resized with the
+    image). An input without alpha, or with a uniform one (fully opaque), fails with a reason.
+    """
+
+    name = "segmentation"
+    provides = ("mask", "foreground", "background")
+
+    def process_sample(self, sample: Sample) -> None:
+        alpha = sample.alpha
+        if alpha is None:
+            raise SampleError("segmentation=alpha: the input has no alpha channel")
+        lo, hi = int(alpha.min()), int(alpha.max())
+        if lo == hi:
+            raise SampleError(f"segmentation=alpha: the alpha channel is uniform ({lo}), so it marks no subject")
+        set_mask(sample, alpha.astype(np.float32) / 255.0)

@@ -1,0 +1,185 @@
+"""Decode one input file into RGB (plus its alpha channel), refusing bad files with a one-line reason.
+
+Order of work, so that a bad file costs as little as possible:
+
+1. empty file, or content that is not an image: refused without decoding;
+2. size read from the header: ``max_pixels`` (decompression bombs) and ``min_side`` are
+   checked before a single pixel is decoded;
+3. decode (a truncated or corrupt file is refused here); JPEGs larger than ``max_side`` are
+   decoded at a reduced DCT scale, which is both faster and smaller;
+4. EXIF orientation, before anything else looks at the pixels;
+5. every mode to 8-bit sRGB RGB: greyscale and palette expanded, 16-bit scaled (not clipped),
+   CMYK converted (without its ICC profile), alpha kept separately;
+6. long side above ``max_side``: resized (area averaging), alpha with it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from synth.errors import ConfigError, SampleError
+
+# synth checks ``max_pixels`` itself, from the header and with the size in the message; PIL's
+# own check would refuse (or warn) at its fixed limit with a less useful message.
+Image.MAX_IMAGE_PIXELS = None
+
+# What a file's extension says its format is, to notice content that disagrees.
+EXTENSION_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP",
+                     ".tif": "TIFF", ".tiff": "TIFF", ".gif": "GIF"}
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+class DecodeError(SampleError):
+    """This file cannot be used as an input; the message is the one-line reason."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Input size limits (the ``data.*`` keys of the same names). ``None`` switches one off."""
+
+    min_side: int = 16  # refuse images with a side shorter than this (1x1, thin strips)
+    max_side: int | None = 4096  # resize so that the long side is at most this
+    max_pixels: int | None = 100_000_000  # refuse larger images from their header, undecoded
+
+    def __post_init__(self):
+        if not isinstance(self.min_side, int) or self.min_side < 1:
+            raise ConfigError(f"data.min_side={self.min_side}: must be an integer >= 1")
+        if self.max_side is not None and (not isinstance(self.max_side, int) or self.max_side < self.min_side):
+            raise ConfigError(f"data.max_side={self.max_side}: must be null or an integer >= data.min_side ({self.min_side})")
+        if self.max_pixels is not None and (not isinstance(self.max_pixels, int) or self.max_pixels < 1):
+            raise ConfigError(f"data.max_pixels={self.max_pixels}: must be null or an integer >= 1")
+
+
+NO_SIZE_LIMITS = Limits(min_side=1, max_side=None)  # bombs are still refused
+
+
+@dataclass
+class Decoded:
+    rgb: np.ndarray  # HxWx3 uint8 sRGB, oriented and resized
+    alpha: np.ndarray | None  # HxW uint8 when the file has an alpha channel (or palette transparency)
+    info: dict[str, Any] = field(default_factory=dict)  # what the source was and what was done to it
+    notes: list[str] = field(default_factory=list)  # what was converted, for a debug log line
+    warnings: list[str] = field(default_factory=list)  # surprises worth a warning (wrong extension)
+
+
+def decode(src: str | os.PathLike | bytes, limits: Limits = Limits()) -> Decoded:
+    """Decode ``src`` (a path or the file's bytes) or raise :class:`DecodeError`."""
+    data = src if isinstance(src, bytes) else None
+    try:
+        size = len(data) if data is not None else os.path.getsize(src)
+    except OSError as err:
+        raise DecodeError(f"cannot open: {err.strerror or err}") from None
+    if size == 0:
+        raise DecodeError("empty file (0 bytes)")
+    try:
+        im = Image.open(io.BytesIO(data) if data is not None else src)
+    except UnidentifiedImageError:
+        raise DecodeError(_not_an_image(data if data is not None else _head(src))) from None
+    except OSError as err:  # with an errno: the file system's complaint; without: the parser's
+        reason = f"cannot open: {err.strerror}" if err.errno else f"corrupt or truncated header: {_one_line(err)}"
+        raise DecodeError(reason) from None
+    except Exception as err:  # noqa: BLE001 - parsers raise SyntaxError, ValueError, struct.error ...
+        raise DecodeError(f"corrupt header: {_one_line(err)}") from None
+    with im:
+        return _decode_open(im, src, limits)
+
+
+def _decode_open(im: Image.Image, src: Any, limits: Limits) -> Decoded:
+    fmt, mode, (w, h) = im.format, im.mode, im.size
+    info: dict[str, Any] = {"format": fmt, "mode": mode, "width": w, "height": h}
+    notes: list[str] = []
+    warnings: list[str] = []
+    if limits.max_pixels is not None and w * h > limits.max_pixels:
+        raise DecodeError(f"{w}x{h} = {w * h} pixels exceeds data.max_pixels={limits.max_pixels} "
+                          "(possible decompression bomb); not decoded")
+    out_w, out_h = _fit(w, h, limits.max_side)
+    if min(out_w, out_h) < limits.min_side:
+        resized = f" ({out_w}x{out_h} after data.max_side={limits.max_side})" if (out_w, out_h) != (w, h) else ""
+        raise DecodeError(f"{w}x{h}{resized} has a side shorter than data.min_side={limits.min_side}")
+    if not isinstance(src, bytes):
+        expected = EXTENSION_FORMATS.get(Path(src).suffix.lower())
+        if expected and fmt and expected != fmt:
+            warnings.append(f"content is {fmt} but the name ends in {Path(src).suffix}; decoded as {fmt}")
+
+    if fmt == "JPEG" and (out_w, out_h) != (w, h) and mode in ("RGB", "L"):
+        im.draft(mode, (out_w, out_h))  # DCT scaling: decode at 1/2, 1/4 or 1/8, still >= the target
+    try:
+        im.load()
+    except Exception as err:  # noqa: BLE001 - every decoder complaint is a bad file
+        raise DecodeError(f"corrupt or truncated {fmt or 'image'} data: {_one_line(err)}") from None
+
+    orientation = im.getexif().get(0x0112, 1)  # EXIF Orientation
+    if orientation not in (None, 1):
+        info["exif_orientation"] = orientation
+        im = ImageOps.exif_transpose(im)
+    try:
+        rgb, alpha = _to_rgb8(im)
+    except Exception as err:  # noqa: BLE001
+        raise DecodeError(f"cannot convert {mode} pixels to RGB: {_one_line(err)}") from None
+    if mode != "RGB":
+        notes.append(f"converted {mode} to RGB" + (" (alpha kept)" if alpha is not None else ""))
+
+    out_w, out_h = _fit(rgb.shape[1], rgb.shape[0], limits.max_side)
+    if (out_w, out_h) != (rgb.shape[1], rgb.shape[0]):
+        rgb = cv2.resize(rgb, (out_w, out_h), interpolation=cv2.INTER_AREA)
+        if alpha is not None:
+            alpha = cv2.resize(alpha, (out_w, out_h), interpolation=cv2.INTER_AREA)
+        info["resized_to"] = [out_w, out_h]
+        notes.append(f"resized from {w}x{h} to {out_w}x{out_h} (data.max_side={limits.max_side})")
+    return Decoded(np.ascontiguousarray(rgb), alpha, info, notes, warnings)
+
+
+def _fit(w: int, h: int, max_side: int | None) -> tuple[int, int]:
+    """(w, h) scaled down so that the long side is at most ``max_side``."""
+    if max_side is None or max(w, h) <= max_side:
+        return w, h
+    scale = max_side / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def _to_rgb8(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Any PIL mode -> (HxWx3 uint8, HxW uint8 alpha or None)."""
+    mode = im.mode
+    if mode in SIXTEEN_BIT_MODES:
+        # PIL's convert("RGB") clips 16-bit values at 255 (a white image); scale instead.
+        grey = np.asarray(im).astype(np.float32)
+        grey = np.clip(grey / 257.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.dstack([grey] * 3), None
+    if mode == "F":  # float TIFF: [0, 1] when it fits there, else taken as 0..255
+        grey = np.asarray(im, dtype=np.float32)
+        grey = grey * 255.0 if np.nanmax(grey) <= 1.0 else grey
+        grey = np.clip(np.nan_to_num(grey) + 0.5, 0, 255).astype(np.uint8)
+        return np.dstack([grey] * 3), None
+    has_alpha = mode in ALPHA_MODES or "transparency" in im.info
+    if has_alpha:
+        rgba = np.asarray(im.convert("RGBA"))
+        return rgba[:, :, :3], np.ascontiguousarray(rgba[:, :, 3])
+    return np.asarray(im if mode == "RGB" else im.convert("RGB")), None
+
+
+def _head(path: Any) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(512)
+    except OSError:
+        return b""
+
+
+def _not_an_image(head: bytes) -> str:
+    head = head[:512]
+    # Image formats start with binary magic numbers; text has no control bytes but whitespace.
+    looks_like_text = bool(head.strip()) and all(b >= 32 or b in b"\t\n\r\f" for b in head)
+    return "not an image: " + ("the content is text" if looks_like_text else "unrecognised content")
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
