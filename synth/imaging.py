@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import io
-
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+
+from synth.decode import NO_SIZE_LIMITS, decode
 
 # cv2's own thread pool fights our decode/encode threads on small machines; the runner
 # parallelises across samples instead.
@@ -78,12 +77,9 @@ def resize(image: np.ndarray, size_hw: tuple[int, int], smooth: bool = True) -> 
 
 # --- codecs ------------------------------------------------------------------------------------
 def open_rgb(data: bytes | str) -> np.ndarray:
-    """Decode to HxWx3 uint8 sRGB, applying EXIF orientation first."""
-    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
-        im = ImageOps.exif_transpose(im)
-        if im.mode != "RGB":
-            im = im.convert("RGB")
-        return np.asarray(im)
+    """Decode to HxWx3 uint8 sRGB, EXIF orientation first, any mode converted (see synth.decode);
+    no size limits but the decompression-bomb one. Raises synth.decode.DecodeError."""
+    return decode(data, NO_SIZE_LIMITS).rgb
 
 
 def to_uint8(values: np.ndarray) -> np.ndarray:
