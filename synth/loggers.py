@@ -15,6 +15,7 @@ from synth.imaging import resize, to_uint8, with_alpha
 from synth.sample import Sample
 
 MODES = ("online", "offline", "disabled")
+MODE_ALIASES = {"run": "online", "dryrun": "offline"}  # older WANDB_MODE spellings
 
 
 class NullLogger:
@@ -43,8 +44,10 @@ class WandbLogger(NullLogger):
 
     def __init__(self, project: str = "synth", entity: str | None = None, group: str | None = None,
                  job_type: str = "generate", tags: list[str] | None = None, name: str | None = None,
-                 notes: str | None = None, mode: str = "online", dir: str | None = None,
+                 notes: str | None = None, mode: str | None = None, dir: str | None = None,
                  log_every_n: int = 1, max_images: int = 100, image_size: int | None = 512):
+        mode = mode or os.environ.get("WANDB_MODE") or "online"
+        mode = MODE_ALIASES.get(mode, mode)
         if mode not in MODES:
             raise ConfigError(f"logger.mode={mode}: choose from {', '.join(MODES)}")
         if int(log_every_n) < 1:
