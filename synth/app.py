@@ -31,13 +31,29 @@ def build(cfg: DictConfig, key: str) -> Any:
         raise ConfigError(f"{key}: {cause or err}".splitlines()[0]) from err
 
 
+def build_writers(cfg: DictConfig) -> list[Any]:
+    """``writer`` (default folder) plus every extra one in ``writers=[webdataset,hf]``."""
+    writers = [build(cfg, "writer")] if cfg.get("writer") is not None else []
+    for name in cfg.get("writers") or {}:
+        try:
+            writer = build(cfg.writers, name)
+        except ConfigError as err:  # the writer names its keys "writer.*"; here they are writers.NAME.*
+            message = str(err)
+            raise ConfigError(f"writers.{name}." + message[len("writer."):] if message.startswith("writer.")
+                              else f"writers.{message}") from None
+        if any(type(w) is type(writer) for w in writers):
+            raise ConfigError(f"writers.{name}: already selected by `writer` or earlier in `writers`; list each writer once")
+        writers.append(writer)
+    return writers
+
+
 def build_runner(cfg: DictConfig, run_dir: Path) -> Runner:
     """Every object from config; stages in the order the config lists them."""
     stages = [build(cfg, key) for key in cfg if key in STAGE_GROUPS]
     return Runner(
         source=build(cfg, "data"),
         stages=stages,
-        writers=[build(cfg, "writer")],
+        writers=build_writers(cfg),
         logger=build(cfg, "logger"),
         run_dir=run_dir,
         seed=cfg.seed,
@@ -45,6 +61,7 @@ def build_runner(cfg: DictConfig, run_dir: Path) -> Runner:
         num_workers=cfg.num_workers,
         device=cfg.device,
         resume=cfg.resume,
+        progress_every_s=cfg.get("progress_every_s", 30),
     )
 
 

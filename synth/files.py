@@ -22,8 +22,13 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def to_json(obj: Any, indent: int | None = 2) -> str:
+    """JSON text as every metadata file has it (sorted keys, numpy values as plain numbers)."""
+    return json.dumps(obj, indent=indent, sort_keys=True, default=_jsonable)
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n").encode())
+    atomic_write(path, (to_json(obj) + "\n").encode())
 
 
 def link_or_copy(src: Path, dst: Path) -> None:

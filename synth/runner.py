@@ -10,14 +10,16 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from synth.data import ImageFolder
 from synth.errors import ConfigError
 from synth.files import atomic_write_json
 from synth.loggers import NullLogger
+from synth.progress import Progress
 from synth.sample import Sample
 from synth.stages.base import Stage
+from synth.writers.encoded import EncodedImages
+from synth.writers.folder import sample_record
 
 log = logging.getLogger("synth")
 STAGE_GROUPS = ("segmentation", "albedo", "shadow", "recombine", "captioning")
@@ -50,7 +52,8 @@ class Runner:
 
     def __init__(self, source: ImageFolder, stages: Sequence[Stage], writers: Sequence[Any],
                  logger: Any = None, run_dir: str | Path = ".", seed: int = 0, batch_size: int = 4,
-                 num_workers: int = 2, device: str = "auto", resume: bool = True):
+                 num_workers: int = 2, device: str = "auto", resume: bool = True,
+                 progress_every_s: float = 30.0):
         if int(batch_size) < 1:
             raise ConfigError(f"batch_size={batch_size}: must be >= 1")
         if int(num_workers) < 1:
@@ -60,10 +63,13 @@ class Runner:
         self.logger = logger or NullLogger()
         self.run_dir, self.seed = Path(run_dir), int(seed)
         self.batch_size, self.num_workers, self.device, self.resume = int(batch_size), int(num_workers), device, resume
+        self.progress_every_s = float(progress_every_s)
 
     # -- helpers --------------------------------------------------------------------------------
     def _is_complete(self, sample_id: str) -> bool:
-        return all(w.metadata_path(sample_id).is_file() for w in self.writers if hasattr(w, "metadata_path"))
+        """Complete when every writer that can tell has it (a writer without ``is_complete`` cannot)."""
+        checks = [w.is_complete for w in self.writers if hasattr(w, "is_complete")]
+        return bool(checks) and len(checks) == len(self.writers) and all(c(sample_id) for c in checks)
 
     def _run_stage(self, stage: Stage, batch: list[Sample]) -> None:
         live = [s for s in batch if s.ok]
@@ -83,24 +89,42 @@ class Runner:
             sample.timings_ms[stage.name] = per_sample
 
     def _write(self, sample: Sample) -> dict[str, Any]:
+        """Every writer, in a worker thread; each image is encoded once for all of them."""
         start = time.perf_counter()
-        record: dict[str, Any] = {}
+        images = EncodedImages(sample)
+        record: dict[str, Any] | None = None
         for writer in self.writers:
-            record = writer.write(sample) or record
+            if self.resume and hasattr(writer, "is_complete") and writer.is_complete(sample.id):
+                continue  # resumed for another writer: this one has it already
+            written = writer.write(sample, images)
+            record = record or written  # the first writer's record (the folder's has file paths)
         sample.timings_ms["write"] = 1000.0 * (time.perf_counter() - start)
-        return record
+        return record or sample_record(sample, {})
+
+    def _commit(self, sample: Sample) -> None:
+        """In input order, on the main thread: writers whose output order matters (tar, parquet)."""
+        for writer in self.writers:
+            if hasattr(writer, "commit"):
+                writer.commit(sample)
+
+    def _write_source_outputs(self, items: Sequence[Any]) -> None:
+        """``data=csv``: the input table with each row's output image (empty where none)."""
+        folder = next((w for w in self.writers if hasattr(w, "output_path")), None)
+        outputs = {item.id: folder.output_path(item.id) if folder else None for item in items}
+        self.source.write_outputs(self.run_dir, outputs)
 
     # -- the job --------------------------------------------------------------------------------
     def run(self, config: dict[str, Any] | None = None) -> dict[str, Any]:
         started = time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for writer in self.writers:
-            writer.open(self.run_dir)
+            writer.open(self.run_dir, resume=self.resume, shard_index=getattr(self.source, "shard_index", 0))
         items = self.source.items()
         todo = [it for it in items if not (self.resume and self._is_complete(it.id))]
         skipped = len(items) - len(todo)
         if skipped:
             log.info("resume: %d of %d samples already complete in %s", skipped, len(items), self.run_dir)
+        log.info("%d samples to process into %s", len(todo), self.run_dir)
         self.logger.start(config or {}, str(self.run_dir))
         exit_code = 1
         records: list[dict[str, Any]] = []
@@ -111,20 +135,26 @@ class Runner:
                 stage.setup(self.device)
             with ThreadPoolExecutor(self.num_workers, thread_name_prefix="decode") as decoders, \
                     ThreadPoolExecutor(self.num_workers, thread_name_prefix="write") as encoders, \
-                    tqdm(total=len(todo), unit="img", desc="synth", disable=None) as bar:
+                    Progress(len(todo), self.progress_every_s) as progress:
                 pending: deque[tuple[Sample, Future | None]] = deque()
 
                 def collect(keep: int) -> None:
                     """Finish samples in order: all that are done, and more until ``keep`` remain."""
                     while pending and (len(pending) > keep or pending[0][1] is None or pending[0][1].done()):
                         sample, future = pending.popleft()
-                        try:
-                            if future is not None:
-                                records.append(future.result())
-                        except Exception as err:  # noqa: BLE001 - a write failure fails the sample
-                            sample.fail("write", err)
+                        if future is not None:
+                            try:
+                                record = future.result()
+                            except Exception as err:  # noqa: BLE001 - a write failure fails the sample
+                                sample.fail("write", err)
+                            try:
+                                self._commit(sample)  # a failed sample is dropped here
+                            except Exception as err:  # noqa: BLE001
+                                sample.fail("write", err)
+                            if sample.ok:
+                                records.append(record)
                         self._finish(sample, failures, timings, len(records) + len(failures))
-                        bar.update(1)
+                        progress.update(sample.ok)
 
                 prefetch = max(2 * self.batch_size, 2 * self.num_workers)
 
@@ -150,6 +180,8 @@ class Runner:
                 collect(keep=0)
             exit_code = 0 if records or not failures else 1
         finally:
+            if hasattr(self.source, "write_outputs"):
+                self._write_source_outputs(items)
             summary = self._summary(items, skipped, records, failures, timings,
                                     time.perf_counter() - started, exit_code)
             atomic_write_json(self.run_dir / "metadata.json", summary)

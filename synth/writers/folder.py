@@ -5,14 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from synth.errors import ConfigError
 from synth.files import atomic_write, atomic_write_json, link_or_copy
-from synth.imaging import encode, to_uint8, with_alpha
 from synth.sample import Sample
+from synth.writers.encoded import EncodedImages
 
 FORMATS = ("png", "webp", "jpg")
+
+
+def check_image_settings(format: str, png_compress_level: int, quality: int) -> None:
+    """Validate the image settings every writer shares (messages name ``writer.<key>``)."""
+    if format not in FORMATS:
+        raise ConfigError(f"writer.format={format}: choose from {', '.join(FORMATS)}")
+    if not 0 <= int(png_compress_level) <= 9:
+        raise ConfigError(f"writer.png_compress_level={png_compress_level}: must be in 0..9")
+    if not 1 <= int(quality) <= 100:
+        raise ConfigError(f"writer.quality={quality}: must be in 1..100")
 
 
 class FolderWriter:
@@ -20,61 +28,65 @@ class FolderWriter:
 
     Each image is encoded once; the ``outputs/`` copies of stage files are hard links.
     ``{id}_metadata.json`` is written last, so its presence marks a complete sample.
+    ``intermediates=False`` writes only ``outputs/``: input, output (the composite), mask and
+    metadata.
     """
 
-    def __init__(self, format: str = "png", png_compress_level: int = 1, quality: int = 95):
-        if format not in FORMATS:
-            raise ConfigError(f"writer.format={format}: choose from {', '.join(FORMATS)}")
-        if not 0 <= int(png_compress_level) <= 9:
-            raise ConfigError(f"writer.png_compress_level={png_compress_level}: must be in 0..9")
-        if not 1 <= int(quality) <= 100:
-            raise ConfigError(f"writer.quality={quality}: must be in 1..100")
+    def __init__(self, format: str = "png", png_compress_level: int = 1, quality: int = 95,
+                 intermediates: bool = True):
+        check_image_settings(format, png_compress_level, quality)
         self.format, self.png_compress_level, self.quality = format, int(png_compress_level), int(quality)
+        self.intermediates = bool(intermediates)
         self.root: Path | None = None
 
-    def open(self, run_dir: Path) -> None:
+    def open(self, run_dir: Path, **_: Any) -> None:
         self.root = Path(run_dir)
 
     def metadata_path(self, sample_id: str) -> Path:
         return self.root / "outputs" / f"{sample_id}_metadata.json"
 
-    def _encode(self, image: np.ndarray) -> bytes:
-        return encode(image, self.format, self.png_compress_level, self.quality)
+    def is_complete(self, sample_id: str) -> bool:
+        return self.metadata_path(sample_id).is_file()
 
-    def write(self, sample: Sample) -> dict[str, Any]:
+    def output_path(self, sample_id: str) -> Path | None:
+        """The composite (``outputs/{id}_output.{ext}``) of a complete sample, else None."""
+        return self.root / "outputs" / f"{sample_id}_output.{self.format}" if self.is_complete(sample_id) else None
+
+    def write(self, sample: Sample, images: EncodedImages | None = None) -> dict[str, Any]:
         """Write every file of one finished sample; return its metadata record."""
         root, sid, ext = self.root, sample.id, self.format
+        images = images or EncodedImages(sample)
         files: dict[str, str] = {}
 
-        def put(key: str, rel: str, image: np.ndarray | None) -> None:
-            if image is not None:
-                atomic_write(root / rel, self._encode(image))
+        def put(key: str, rel: str) -> None:
+            data = images.get(key, self.format, self.png_compress_level, self.quality)
+            if data is not None:
+                atomic_write(root / rel, data)
                 files[key] = rel
 
         def alias(key: str, rel: str) -> None:
             if key in files:
                 link_or_copy(root / files[key], root / rel)
 
-        mask = sample.mask
-        put("original", f"outputs/{sid}_input.{ext}", sample.image)
-        if mask is not None:
-            put("mask", f"stage_1/{sid}_mask.{ext}", to_uint8(mask))
-            put("foreground", f"stage_1/{sid}_foreground.{ext}", with_alpha(sample.foreground, mask))
-            put("background", f"stage_1/{sid}_background.{ext}", sample.background)
-            put("albedo", f"stage_2/{sid}_albedo.{ext}",
-                None if sample.albedo is None else with_alpha(sample.albedo, mask))
-            put("degraded_foreground", f"stage_3/{sid}_degraded.{ext}",
-                None if sample.degraded is None else with_alpha(sample.degraded, mask))
-        if sample.shadow_matte is not None:
-            put("shadow_matte", f"stage_3/{sid}_shadow_matte.{ext}", to_uint8(sample.shadow_matte))
-        put("composite_image", f"stage_3_5/{sid}_composite.{ext}", sample.composite)
-        alias("composite_image", f"outputs/{sid}_output.{ext}")
-        alias("degraded_foreground", f"outputs/{sid}_degraded_fg.{ext}")
-        alias("albedo", f"outputs/{sid}_albedo.{ext}")
-        alias("foreground", f"outputs/{sid}_foreground.{ext}")
-        alias("background", f"outputs/{sid}_background.{ext}")
-        if "shadow" in sample.params:
-            atomic_write_json(root / f"stage_3/{sid}_params.json", sample.params["shadow"])
+        put("original", f"outputs/{sid}_input.{ext}")
+        if not self.intermediates:
+            put("mask", f"outputs/{sid}_mask.{ext}")
+            put("composite_image", f"outputs/{sid}_output.{ext}")
+        else:
+            put("mask", f"stage_1/{sid}_mask.{ext}")
+            put("foreground", f"stage_1/{sid}_foreground.{ext}")
+            put("background", f"stage_1/{sid}_background.{ext}")
+            put("albedo", f"stage_2/{sid}_albedo.{ext}")
+            put("degraded_foreground", f"stage_3/{sid}_degraded.{ext}")
+            put("shadow_matte", f"stage_3/{sid}_shadow_matte.{ext}")
+            put("composite_image", f"stage_3_5/{sid}_composite.{ext}")
+            alias("composite_image", f"outputs/{sid}_output.{ext}")
+            alias("degraded_foreground", f"outputs/{sid}_degraded_fg.{ext}")
+            alias("albedo", f"outputs/{sid}_albedo.{ext}")
+            alias("foreground", f"outputs/{sid}_foreground.{ext}")
+            alias("background", f"outputs/{sid}_background.{ext}")
+            if "shadow" in sample.params:
+                atomic_write_json(root / f"stage_3/{sid}_params.json", sample.params["shadow"])
 
         record = sample_record(sample, files)
         atomic_write_json(self.metadata_path(sid), record)  # last: marks the sample complete

@@ -1,0 +1,54 @@
+"""One sample's images as the writers store them, each encoded at most once per job.
+
+Several writers in one job (``writer=folder writers=[webdataset,hf]``) ask for the same images
+in the same format; the runner hands them one ``EncodedImages`` per sample, so the PNG of the
+composite is made once and shared by the folder, the tar shard and the parquet row.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from synth.imaging import encode, to_uint8, with_alpha
+from synth.sample import Sample
+
+
+def _layered(rgb: np.ndarray | None, mask: np.ndarray | None) -> np.ndarray | None:
+    return None if rgb is None or mask is None else with_alpha(rgb, mask)
+
+
+# Every image a writer may store, named by its key in the per-sample record. Layers of the
+# subject carry the mask as alpha; masks and mattes are 8-bit grey.
+LAYERS: dict[str, Callable[[Sample], np.ndarray | None]] = {
+    "original": lambda s: s.image,
+    "mask": lambda s: None if s.mask is None else to_uint8(s.mask),
+    "foreground": lambda s: _layered(s.foreground, s.mask),
+    "background": lambda s: s.background,
+    "albedo": lambda s: _layered(s.albedo, s.mask),
+    "degraded_foreground": lambda s: _layered(s.degraded, s.mask),
+    "shadow_matte": lambda s: None if s.shadow_matte is None else to_uint8(s.shadow_matte),
+    "composite_image": lambda s: s.composite,
+}
+INTERMEDIATES = ("foreground", "background", "albedo", "degraded_foreground", "shadow_matte")
+
+
+class EncodedImages:
+    """Lazily encoded images of one sample, cached by (layer, format, settings).
+
+    Used by one thread at a time: the runner calls a sample's writers one after another.
+    """
+
+    def __init__(self, sample: Sample):
+        self.sample = sample
+        self._cache: dict[tuple, bytes | None] = {}
+
+    def get(self, name: str, fmt: str = "png", png_compress_level: int = 1, quality: int = 95) -> bytes | None:
+        """The encoded bytes of layer ``name``, or None when no stage produced it."""
+        # Settings a format ignores are left out of the key, so e.g. jpg at any PNG level is shared.
+        key = (name, fmt, png_compress_level if fmt == "png" else None, None if fmt == "png" else quality)
+        if key not in self._cache:
+            image = LAYERS[name](self.sample)
+            self._cache[key] = None if image is None else encode(image, fmt, png_compress_level, quality)
+        return self._cache[key]

@@ -1,0 +1,110 @@
+"""``writer=hf``: a Hugging Face dataset on disk, parquet shards that ``datasets.load_dataset`` opens.
+
+Columns (the first three are the defaults of diffusers' InstructPix2Pix training script):
+``input_image`` (the degraded composite), ``edit_prompt``, ``edited_image`` (the original),
+then ``mask``, ``parameters`` (every drawn value, as JSON), ``degradation_type``, ``image_id``,
+``index``, ``source`` and ``seed``. Shards are ``data/train-{data.shard_index:04d}-{seq:06d}.parquet``
+(the ``train`` split) and appear only when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from synth.errors import ConfigError
+from synth.files import to_json
+from synth.sample import Sample
+from synth.writers.encoded import EncodedImages
+from synth.writers.sharded import ShardedWriter
+
+log = logging.getLogger("synth")
+
+FEATURES = datasets.Features({
+    "input_image": datasets.Image(),
+    "edit_prompt": datasets.Value("string"),
+    "edited_image": datasets.Image(),
+    "mask": datasets.Image(),
+    "parameters": datasets.Value("string"),
+    "degradation_type": datasets.Value("string"),
+    "image_id": datasets.Value("string"),
+    "index": datasets.Value("int64"),
+    "source": datasets.Value("string"),
+    "seed": datasets.Value("int64"),
+})
+# Carries the features in its metadata, so that load_dataset decodes the image columns.
+SCHEMA = FEATURES.arrow_schema
+ROW_GROUP = 64  # rows per parquet row group: bounds memory, and readers can seek by group
+
+
+class HFDatasetWriter(ShardedWriter):
+    default_dir = "hf"
+    subdir = "data"
+    prefix = "train"
+    suffix = ".parquet"
+
+    def __init__(self, path: str | None = None, rows_per_shard: int = 1000, max_shard_mb: float = 500,
+                 format: str = "png", png_compress_level: int = 1, quality: int = 95):
+        super().__init__(path, format, png_compress_level, quality)
+        if int(rows_per_shard) < 1:
+            raise ConfigError(f"writer.rows_per_shard={rows_per_shard}: must be >= 1")
+        if float(max_shard_mb) <= 0:
+            raise ConfigError(f"writer.max_shard_mb={max_shard_mb}: must be > 0")
+        self.rows_per_shard, self.max_shard_bytes = int(rows_per_shard), float(max_shard_mb) * 1e6
+        self._buffer: list[dict[str, Any]] = []
+        self._parquet: pq.ParquetWriter | None = None
+        self._paths: tuple[Path, Path] | None = None
+        self._rows = self._bytes = 0
+
+    def _row(self, sample: Sample, images: EncodedImages) -> dict[str, Any]:
+        def image(name: str) -> dict | None:
+            data = self._image(images, name)
+            return None if data is None else {"bytes": data, "path": None}
+
+        return {
+            "input_image": image("composite_image"),
+            "edit_prompt": sample.caption,
+            "edited_image": image("original"),
+            "mask": image("mask"),
+            "parameters": to_json(sample.params, indent=None),
+            "degradation_type": sample.degradation_type,
+            "image_id": sample.id,
+            "index": sample.index,
+            "source": sample.source,
+            "seed": sample.seed,
+        }
+
+    def _append(self, sample: Sample, row: dict[str, Any]) -> None:
+        self._buffer.append(row)
+        self._rows += 1
+        self._bytes += sum(len(v["bytes"]) for v in row.values() if isinstance(v, dict))
+        if len(self._buffer) >= ROW_GROUP:
+            self._flush()
+        if self._rows >= self.rows_per_shard or self._bytes >= self.max_shard_bytes:
+            self._finish_shard()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        if self._parquet is None:
+            self._paths = self._new_shard_paths()
+            self._parquet = pq.ParquetWriter(self._paths[0], SCHEMA)
+        self._parquet.write_table(pa.Table.from_pylist(self._buffer, schema=SCHEMA))
+        self._buffer.clear()
+
+    def _finish_shard(self) -> None:
+        self._flush()
+        if self._parquet is not None:
+            self._parquet.close()
+            temp, final = self._paths
+            temp.replace(final)  # visible only now, complete
+            log.debug("hf: wrote %s", final)
+        self._parquet, self._paths, self._rows, self._bytes = None, None, 0, 0
+
+    def _ids_in(self, shard: Path) -> list[str]:
+        return pq.read_table(shard, columns=["image_id"]).column("image_id").to_pylist()

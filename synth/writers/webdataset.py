@@ -1,0 +1,82 @@
+"""``writer=webdataset``: WebDataset tar shards, ready for ``webdataset.WebDataset``.
+
+Each sample is stored under its id (the key, which has no dots) with the fields
+``input_image.<ext>`` (the degraded composite: the training input), ``edited_image.<ext>`` (the
+original photo: the target), ``mask.<ext>``, ``edit_prompt.txt`` and ``json`` (the per-sample
+record, whose file entries name these fields); ``intermediates=true`` adds the stage layers.
+Shards are ``shard-{data.shard_index:04d}-{seq:06d}.tar`` and appear only when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import tarfile
+from pathlib import Path
+
+import webdataset as wds
+
+from synth.errors import ConfigError
+from synth.files import to_json
+from synth.sample import Sample
+from synth.writers.encoded import INTERMEDIATES, EncodedImages
+from synth.writers.folder import sample_record
+from synth.writers.sharded import ShardedWriter
+
+log = logging.getLogger("synth")
+
+# tar field -> layer (the per-sample record's key)
+FIELDS = {"input_image": "composite_image", "edited_image": "original", "mask": "mask"}
+
+
+class WebDatasetWriter(ShardedWriter):
+    default_dir = "webdataset"
+    prefix = "shard"
+    suffix = ".tar"
+
+    def __init__(self, path: str | None = None, maxcount: int = 1000, maxsize_mb: float = 1000,
+                 format: str = "png", png_compress_level: int = 1, quality: int = 95, intermediates: bool = False):
+        super().__init__(path, format, png_compress_level, quality)
+        if int(maxcount) < 1:
+            raise ConfigError(f"writer.maxcount={maxcount}: must be >= 1")
+        if float(maxsize_mb) <= 0:
+            raise ConfigError(f"writer.maxsize_mb={maxsize_mb}: must be > 0")
+        self.maxcount, self.maxsize = int(maxcount), float(maxsize_mb) * 1e6
+        self.fields = dict(FIELDS, **({name: name for name in INTERMEDIATES} if intermediates else {}))
+        self._sink: wds.ShardWriter | None = None
+
+    def _row(self, sample: Sample, images: EncodedImages) -> dict:
+        row: dict = {"__key__": sample.id}
+        files: dict[str, str] = {}
+        for field, layer in self.fields.items():
+            data = self._image(images, layer)
+            if data is not None:
+                row[f"{field}.{self.format}"] = data
+                files[layer] = f"{field}.{self.format}"
+        if sample.caption is not None:
+            row["edit_prompt.txt"] = sample.caption.encode()
+        row["json"] = to_json(sample_record(sample, files)).encode()
+        return row
+
+    def _append(self, sample: Sample, row: dict) -> None:
+        if self._sink is None:  # opened on the first sample, so a job with nothing to do writes no shard
+            pattern = str(self.dir).replace("%", "%%") + f"/.{self.prefix}-{self.shard_index:04d}-%06d{self.suffix}.tmp"
+            self._sink = wds.ShardWriter(pattern, maxcount=self.maxcount, maxsize=self.maxsize,
+                                         start_shard=self.next_seq, post=self._publish, verbose=0,
+                                         encoder=False, mtime=0)  # fixed mtime: same job, same bytes
+        self._sink.write(row)
+
+    def _publish(self, temp: str) -> None:
+        """ShardWriter closed a shard: give it its final name (it becomes visible now)."""
+        temp_path = Path(temp)
+        final = temp_path.with_name(temp_path.name[1:-len(".tmp")])
+        temp_path.replace(final)
+        log.debug("webdataset: wrote %s", final)
+
+    def _finish_shard(self) -> None:
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
+
+    def _ids_in(self, shard: Path) -> set[str]:
+        with tarfile.open(shard) as tar:
+            return {name.split(".", 1)[0] for name in tar.getnames()}
