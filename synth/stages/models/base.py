@@ -1,0 +1,209 @@
+"""The one base every model-backed stage shares: device and dtype, batching, out-of-memory
+back-off and per-sample failures; plus the endings of model segmentation and model captioning.
+
+A subclass implements three things:
+
+- ``load()``: build the model on ``self.device`` in ``self.dtype`` (called once per process);
+- ``infer(chunk)``: run the model on a list of samples at once, return one result per sample;
+- ``apply(sample, result)``: store one result on its sample, raising SampleError when that
+  sample has no usable result (for example nothing detected).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any, Sequence
+
+import numpy as np
+
+from synth.errors import ConfigError, SampleError
+from synth.imaging import gaussian_blur
+from synth.sample import Sample
+from synth.stages.base import Stage, resolve_device
+from synth.stages.captioning import describe_degradation
+from synth.stages.models.loading import (check_device, check_dtype, free_accelerator_memory, is_out_of_memory,
+                                         resolve_dtype)
+from synth.stages.segmentation import set_mask
+
+
+class ModelStage(Stage):
+    """Batched inference with a model loaded once per process.
+
+    ``batch_size`` caps how many samples go through the model at once (null: the whole batch the
+    runner hands over, i.e. the job's ``batch_size``). When a forward pass runs out of GPU memory
+    the chunk is halved and retried, down to one sample; a sample that does not fit even alone
+    fails with that reason and the others go on. Each runner batch starts again at
+    ``batch_size``, so one huge image does not slow the rest of the run.
+    """
+
+    def __init__(self, batch_size: int | None = None, device: str | None = None, dtype: str = "auto"):
+        if batch_size is not None and int(batch_size) < 1:
+            raise ConfigError(f"{self.name}.batch_size={batch_size}: must be >= 1 (or null for the job's batch_size)")
+        self.batch_size = None if batch_size is None else int(batch_size)
+        self.device_option = check_device(f"{self.name}.device", device)
+        self.dtype_option = check_dtype(f"{self.name}.dtype", dtype)
+        self.device: str | None = None  # resolved in setup
+        self.dtype: Any = None  # a torch.dtype, resolved in setup
+        self.loaded = False
+
+    # -- for subclasses -------------------------------------------------------------------------
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def infer(self, chunk: list[Sample]) -> Sequence[Any]:
+        raise NotImplementedError
+
+    def apply(self, sample: Sample, result: Any) -> None:
+        raise NotImplementedError
+
+    # -- the stage interface --------------------------------------------------------------------
+    def setup(self, device: str) -> None:
+        if self.loaded:  # once per process, however often the runner asks
+            return
+        self.device = resolve_device(self.device_option or device)
+        self.dtype = resolve_dtype(self.dtype_option, self.device)
+        self.load()
+        self.loaded = True
+
+    def process(self, batch: list[Sample]) -> None:
+        import torch
+
+        if not self.loaded:
+            self.setup("auto")
+        todo = [s for s in batch if s.ok]  # a runner retry may include samples this stage already failed
+        size = min(self.batch_size or len(todo), len(todo))
+        start = 0
+        while start < len(todo):
+            chunk = todo[start:start + size]
+            try:
+                with torch.inference_mode():
+                    results = self.infer(chunk)
+            except Exception as err:  # noqa: BLE001 - only out-of-memory is handled here
+                if not is_out_of_memory(err):
+                    raise
+                reason = " ".join(str(err).split())[:200]
+            else:
+                for sample, result in zip(chunk, results):
+                    self._apply_one(sample, result)
+                start += len(chunk)
+                continue
+            free_accelerator_memory()  # outside the except block, so the failed pass's tensors are gone
+            if size > 1:
+                size //= 2
+            else:
+                chunk[0].fail(self.name, SampleError(f"out of GPU memory even at batch size 1 ({reason})"))
+                start += 1
+
+    def _apply_one(self, sample: Sample, result: Any) -> None:
+        # A sample without a usable result fails alone: raising would make the runner redo the
+        # whole batch one sample at a time. Same message as the runner would record.
+        try:
+            self.apply(sample, result)
+        except SampleError as err:
+            sample.fail(self.name, err)
+
+
+# -- segmentation ---------------------------------------------------------------------------------
+def build_fallback(spec: Any) -> Stage | None:
+    """``fallback=grabcut`` names a file in the segmentation config group; a mapping with
+    ``_target_`` is built as it is (for options: ``{_target_: ..., path: ...}``)."""
+    if spec is None:
+        return None
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    if isinstance(spec, str):
+        options = sorted(p.name[:-5] for p in resources.files("synth.conf").joinpath("segmentation").iterdir()
+                         if p.name.endswith(".yaml"))
+        if spec not in options:
+            raise ConfigError(f"segmentation.fallback={spec}: unknown option; choose from {', '.join(options)}")
+        node = OmegaConf.create(resources.files("synth.conf").joinpath("segmentation", f"{spec}.yaml").read_text())
+    elif isinstance(spec, dict) and "_target_" in spec:
+        node = OmegaConf.create(spec)
+    else:
+        raise ConfigError(f"segmentation.fallback={spec}: give a segmentation option name such as grabcut, "
+                          "or a mapping with _target_")
+    try:
+        stage = instantiate(node, _convert_="all")
+    except Exception as err:  # noqa: BLE001 - Hydra wraps the stage's own ConfigError
+        cause = err.__cause__ if isinstance(err.__cause__, ConfigError) else err
+        raise ConfigError(f"segmentation.fallback: {' '.join(str(cause).split())}") from None
+    if getattr(stage, "name", None) != "segmentation":
+        raise ConfigError(f"segmentation.fallback={spec}: not a segmentation stage")
+    return stage
+
+
+class ModelSegmentation(ModelStage):
+    """Stage 1 by a model. ``apply`` receives a hard HxW mask or None (nothing found); the edge is
+    feathered like grabcut's, and 'nothing found' fails the sample unless ``fallback`` names
+    another segmentation option to use for it instead."""
+
+    name = "segmentation"
+    provides = ("mask", "foreground", "background")
+    method = ""
+
+    def __init__(self, fallback: Any = None, feather: float = 0.002, **kwargs: Any):
+        super().__init__(**kwargs)
+        if not 0.0 <= float(feather) <= 0.1:
+            raise ConfigError(f"segmentation.feather={feather}: must be in [0, 0.1]")
+        self.feather = float(feather)
+        self.fallback = build_fallback(fallback)
+        self.fallback_name = fallback if isinstance(fallback, str) else (fallback or {}).get("_target_")
+
+    def setup(self, device: str) -> None:
+        super().setup(device)
+        if self.fallback is not None:
+            self.fallback.setup(device)
+
+    def finish(self, sample: Sample, mask: np.ndarray | None, reason: str, **params: Any) -> None:
+        """Store ``mask`` (bool or [0, 1], image-sized) or, when it is None or empty, fall back."""
+        if mask is None or not mask.any():
+            if self.fallback is None:
+                raise SampleError(reason)
+            self.fallback.process([sample])
+            # the fallback's own params (if any) stay under its name; ours say why it ran
+            sample.params.setdefault(self.name, {}).update(
+                {"method": self.method, "fallback": self.fallback_name, "fallback_reason": reason})
+            return
+        mask = mask.astype(np.float32)
+        h, w = mask.shape
+        set_mask(sample, gaussian_blur(mask, self.feather * max(h, w)))
+        sample.params[self.name] = {"method": self.method, **params}
+
+
+# -- captioning -----------------------------------------------------------------------------------
+def clean_text(text: str) -> str:
+    """One printable line: generated text can carry newlines, control bytes or a trailing full stop."""
+    printable = "".join(c if c.isprintable() else " " for c in text)
+    return " ".join(printable.split()).strip(" .")
+
+
+class ModelCaption(ModelStage):
+    """Stage 4 by a model. ``apply`` receives the generated text; the caption is ``template``
+    filled with it (as ``{text_field}``), ``{degradation}`` (the sampled degradation, see
+    :func:`synth.stages.captioning.describe_degradation`) and ``{subject}``."""
+
+    name = "captioning"
+    requires = ("image",)
+    provides = ("caption",)
+    method = ""
+    source = ""  # the model's hub id or directory, recorded with every caption
+    text_field = "text"  # the template placeholder for what the model wrote
+
+    def __init__(self, template: str = "{text}", subject: str = "subject", **kwargs: Any):
+        super().__init__(**kwargs)
+        allowed = {"degradation": "x", "subject": "y", self.text_field: "z"}
+        try:
+            template.format(**allowed)
+        except (KeyError, IndexError, ValueError) as err:
+            raise ConfigError(f"captioning.template={template!r}: only "
+                              f"{', '.join('{' + k + '}' for k in allowed)} may be used ({err})") from None
+        self.template, self.subject = template, subject
+
+    def apply(self, sample: Sample, result: str) -> None:
+        text = clean_text(result)
+        if not text:
+            raise SampleError(f"{self.method} generated no text")
+        sample.caption = self.template.format(
+            **{self.text_field: text, "degradation": describe_degradation(sample), "subject": self.subject})
+        sample.params[self.name] = {"method": self.method, "model": self.source, self.text_field: text}

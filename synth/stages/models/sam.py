@@ -1,0 +1,156 @@
+"""``segmentation=sam``: Segment Anything (the ``segment-anything`` package) from a point, a box
+or its automatic mask generator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synth.errors import ConfigError
+from synth.sample import Sample
+from synth.stages.models.base import ModelSegmentation
+
+# embed dim, depth, heads, global-attention blocks: segment_anything.build_sam's three models
+ARCHITECTURES = {
+    "vit_b": (768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": (1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": (1280, 32, 16, (7, 15, 23, 31)),
+}
+CHECKPOINTS = {
+    "vit_b": "sam_vit_b_01ec64.pth",
+    "vit_l": "sam_vit_l_0b3195.pth",
+    "vit_h": "sam_vit_h_4b8939.pth",
+}
+PROMPTS = ("center_point", "box", "auto")
+
+
+def how_to_get(model_type: str) -> str:
+    name = CHECKPOINTS.get(model_type, CHECKPOINTS["vit_h"])
+    return f"download https://dl.fbaipublicfiles.com/segment_anything/{name} and set segmentation.checkpoint=/path/to/{name}"
+
+
+def architecture(state: dict) -> tuple[int, int, int, tuple[int, ...]]:
+    """Read (embed dim, depth, heads, global-attention blocks) off a SAM state dict.
+
+    Windowed blocks carry relative positions for a 14-token window, global ones for the whole
+    64-token grid; the head size is the second dimension of those tables.
+    """
+    dim = state["image_encoder.patch_embed.proj.weight"].shape[0]
+    blocks = {int(k.split(".")[2]) for k in state if k.startswith("image_encoder.blocks.")}
+    depth = max(blocks) + 1
+    grid = state["image_encoder.pos_embed"].shape[1]
+    head_dim = state["image_encoder.blocks.0.attn.rel_pos_h"].shape[1]
+    global_blocks = tuple(i for i in range(depth)
+                          if state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0] == 2 * grid - 1)
+    return dim, depth, dim // head_dim, global_blocks
+
+
+class Sam(ModelSegmentation):
+    """``prompt=center_point`` asks for the object under the image centre (the best of SAM's three
+    candidate masks by predicted IoU), ``box`` for the object inside a centred box inset by
+    ``margin``, ``auto`` runs the automatic mask generator and keeps the largest mask that covers
+    the image centre. ``model_type=auto`` reads the architecture off the checkpoint."""
+
+    method = "sam"
+
+    def __init__(self, checkpoint: str | None = None, model_type: str = "vit_h", prompt: str = "center_point",
+                 margin: float = 0.08, points_per_side: int = 16, pred_iou_thresh: float = 0.88,
+                 stability_score_thresh: float = 0.95, **kwargs: Any):
+        super().__init__(**kwargs)
+        if model_type not in (*ARCHITECTURES, "auto"):
+            raise ConfigError(f"segmentation.model_type={model_type}: choose from {', '.join(ARCHITECTURES)}, auto")
+        if prompt not in PROMPTS:
+            raise ConfigError(f"segmentation.prompt={prompt}: choose from {', '.join(PROMPTS)}")
+        if not checkpoint:
+            raise ConfigError(f"segmentation.checkpoint: required with segmentation=sam; {how_to_get(model_type)}")
+        path = Path(str(checkpoint)).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"segmentation.checkpoint={checkpoint}: no such file; {how_to_get(model_type)}")
+        if not 0.0 <= float(margin) < 0.5:
+            raise ConfigError(f"segmentation.margin={margin}: must be in [0, 0.5)")
+        if int(points_per_side) < 1:
+            raise ConfigError(f"segmentation.points_per_side={points_per_side}: must be >= 1")
+        for key, value in (("pred_iou_thresh", pred_iou_thresh), ("stability_score_thresh", stability_score_thresh)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise ConfigError(f"segmentation.{key}={value}: must be in [0, 1]")
+        self.checkpoint, self.model_type, self.prompt, self.margin = path, model_type, prompt, float(margin)
+        self.generator_options = {"points_per_side": int(points_per_side), "pred_iou_thresh": float(pred_iou_thresh),
+                                  "stability_score_thresh": float(stability_score_thresh)}
+
+    def load(self) -> None:
+        import torch
+        from segment_anything.build_sam import _build_sam
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        try:
+            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+            found = architecture(state)
+        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+            raise ConfigError(f"segmentation.checkpoint={self.checkpoint}: not a segment-anything checkpoint "
+                              f"({type(err).__name__}: {' '.join(str(err).split())[:200]}); "
+                              f"{how_to_get(self.model_type)}") from None
+        if self.model_type != "auto" and ARCHITECTURES[self.model_type] != found:
+            named = next((k for k, v in ARCHITECTURES.items() if v == found), "a non-standard model")
+            raise ConfigError(f"segmentation.model_type={self.model_type}: the checkpoint is {named}; "
+                              f"set segmentation.model_type={named if named in ARCHITECTURES else 'auto'}")
+        model = _build_sam(*found)  # the builder behind segment_anything.sam_model_registry
+        model.load_state_dict(state)
+        self.model = model.to(self.device).eval()
+        self.resize = ResizeLongestSide(model.image_encoder.img_size)
+        if self.prompt == "auto":
+            from segment_anything import SamAutomaticMaskGenerator
+
+            self.generator = SamAutomaticMaskGenerator(self.model, **self.generator_options)
+
+    def autocast(self) -> Any:
+        """SAM's prompt encoder mixes fp32 buffers into its maths, so reduced precision is autocast
+        over fp32 weights rather than converted weights."""
+        import torch
+
+        return torch.autocast(self.device.split(":")[0], dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    def infer(self, chunk: list[Sample]) -> list[np.ndarray | None]:
+        with self.autocast():
+            if self.prompt == "auto":  # the generator prompts one image at a time with a point grid
+                return [self.largest_central(self.generator.generate(s.image), s.image.shape[:2]) for s in chunk]
+            return self.prompted(chunk)
+
+    def prompted(self, chunk: list[Sample]) -> list[np.ndarray]:
+        import torch
+
+        records = []
+        for sample in chunk:
+            h, w = sample.image.shape[:2]
+            resized = torch.as_tensor(self.resize.apply_image(sample.image), device=self.device)
+            record = {"image": resized.permute(2, 0, 1).contiguous().float(), "original_size": (h, w)}
+            if self.prompt == "center_point":
+                point = self.resize.apply_coords(np.array([[[w / 2, h / 2]]], np.float32), (h, w))
+                record["point_coords"] = torch.as_tensor(point, dtype=torch.float32, device=self.device)
+                record["point_labels"] = torch.ones((1, 1), dtype=torch.int, device=self.device)
+            else:
+                m = self.margin
+                box = self.resize.apply_boxes(np.array([[w * m, h * m, w * (1 - m), h * (1 - m)]], np.float32), (h, w))
+                record["boxes"] = torch.as_tensor(box, dtype=torch.float32, device=self.device)
+            records.append(record)
+        # one batched image-encoder pass; the light prompt decoder runs per image inside
+        outputs = self.model(records, multimask_output=self.prompt == "center_point")
+        masks = []
+        for out in outputs:
+            best = int(out["iou_predictions"][0].float().argmax())
+            masks.append(out["masks"][0, best].cpu().numpy())
+        return masks
+
+    @staticmethod
+    def largest_central(candidates: list[dict], shape: tuple[int, int]) -> np.ndarray | None:
+        """The largest generated mask that covers the image centre and is not the whole frame."""
+        h, w = shape
+        central = [c for c in candidates
+                   if c["segmentation"][h // 2, w // 2] and c["area"] < 0.95 * h * w]
+        return max(central, key=lambda c: c["area"])["segmentation"] if central else None
+
+    def apply(self, sample: Sample, mask: np.ndarray | None) -> None:
+        reason = ("sam's automatic masks: none covers the image centre" if self.prompt == "auto"
+                  else f"sam returned an empty mask for the {self.prompt.replace('_', ' ')} prompt")
+        self.finish(sample, mask, reason, prompt=self.prompt)
