@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from synth.decode import Limits, decode
 from synth.errors import ConfigError, SampleError
+from synth.files import atomic_write
 from synth.sample import Sample
 
 log = logging.getLogger("synth")
@@ -99,6 +103,57 @@ class ImageFolder:
         for warning in decoded.warnings:
             log.warning("%s (%s): %s", item.id, item.path, warning)
         return sample
+
+
+class CsvSource(ImageFolder):
+    """``data=csv``: the images listed in one column of a CSV file (the reference's workflow).
+
+    Ids are row positions in file order (the header excluded); relative paths are relative
+    to the CSV file's folder. At the end of the job, ``<stem>_with_outputs.csv`` in the run
+    directory holds this shard's rows with ``output_image_path`` added: the composite
+    (``outputs/{id}_output.<ext>`` of the folder writer), empty where a sample failed.
+    """
+
+    OUTPUT_COLUMN = "output_image_path"
+
+    def __init__(self, path: str | None = None, column: str = "image_path", num_shards: int = 1,
+                 shard_index: int = 0, limit: int | None = None, **limits):
+        if not path:
+            raise ConfigError("data.path: required with data=csv, e.g. data.path=/data/images.csv")
+        self.csv_path = Path(path).expanduser()
+        if not self.csv_path.is_file():
+            raise ConfigError(f"data.path={path}: not a file")
+        with open(self.csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            self.fieldnames = list(reader.fieldnames or [])
+            if column not in self.fieldnames:
+                raise ConfigError(f"data.column={column}: not a column of {path} "
+                                  f"(columns: {', '.join(self.fieldnames) or 'none'})")
+            self.rows = list(reader)
+        super().__init__(path=str(self.csv_path.parent), num_shards=num_shards, shard_index=shard_index,
+                         limit=limit, **limits)
+        self.column = column
+
+    @property
+    def paths(self) -> list[Path]:
+        """Every row's path (every shard), in file order; ``limit`` keeps the first N rows."""
+        if self._paths is None:
+            rows = self.rows if self.limit is None else self.rows[: self.limit]
+            self._paths = [self.root / os.path.expanduser((row.get(self.column) or "").strip()) for row in rows]
+        return self._paths
+
+    def write_outputs(self, run_dir: Path, outputs: dict[str, Path | None]) -> Path:
+        """Write ``<stem>_with_outputs.csv``: this shard's rows, each with its output path."""
+        fields = self.fieldnames + [self.OUTPUT_COLUMN] * (self.OUTPUT_COLUMN not in self.fieldnames)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for item in self.items():
+            output = outputs.get(item.id)
+            writer.writerow({**self.rows[item.index], self.OUTPUT_COLUMN: os.path.abspath(output) if output else ""})
+        target = Path(run_dir) / f"{self.csv_path.stem}_with_outputs.csv"
+        atomic_write(target, text.getvalue().encode())
+        return target
 
 
 def bundled_samples(**kwargs) -> ImageFolder:

@@ -1,10 +1,19 @@
-"""Writers turn finished samples into files; ``writer=...`` selects one by ``_target_``.
+"""Writers turn finished samples into files; ``writer=...`` selects the main one by ``_target_``
+and ``writers=[webdataset,hf]`` adds more to the same job.
 
-The interface: ``open(run_dir)``, ``write(sample) -> metadata record`` (called from worker
-threads, one sample at a time per call), ``close()``; ``metadata_path(id)`` where a writer can
-tell that a sample is complete (used by resume).
+The interface (the runner calls it):
+
+* ``open(run_dir, resume=..., shard_index=...)`` once, before the first sample;
+* ``is_complete(id) -> bool``: the writer already has this sample (resume skips a sample only
+  when every writer has it, and passes a resumed sample only to the writers that lack it);
+* ``write(sample, images) -> record | None`` from worker threads, one sample per call;
+  ``images`` (``EncodedImages``) encodes each image once for all writers of the job;
+* ``commit(sample)`` (optional) on the runner's thread in input order, for every written
+  sample, failed or not: writers whose output order matters append here;
+* ``close()`` once at the end, also after a failure.
 """
 
+from synth.writers.encoded import EncodedImages
 from synth.writers.folder import FolderWriter, sample_record
 
-__all__ = ["FolderWriter", "sample_record"]
+__all__ = ["EncodedImages", "FolderWriter", "sample_record"]
