@@ -14,7 +14,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from synth.errors import ConfigError
+from synth.errors import ConfigError, OutputError
+from synth.faults import EXIT_OUTPUT_ERROR, check_writable, printable
 from synth.runner import STAGE_GROUPS, Runner
 
 log = logging.getLogger("synth")
@@ -62,6 +63,7 @@ def build_runner(cfg: DictConfig, run_dir: Path) -> Runner:
         device=cfg.device,
         resume=cfg.resume,
         progress_every_s=cfg.get("progress_every_s", 30),
+        max_failure_rate=cfg.get("max_failure_rate", 0.1),
     )
 
 
@@ -74,9 +76,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     for failure in summary["failures"][:10]:
         lines.append(f"  failed {failure['id']} {failure['path']} at {failure['stage']}: {failure['error']}")
     if len(summary["failures"]) > 10:
-        lines.append(f"  ... {len(summary['failures']) - 10} more failures in metadata.json")
+        lines.append(f"  ... {len(summary['failures']) - 10} more failures in failures.jsonl")
     lines.append(f"  outputs: {summary['run_dir']}")
-    return "\n".join(lines)
+    if summary.get("exit_reason"):
+        lines.append(f"  exit {summary['exit_code']}: {summary['exit_reason']}")
+    return printable("\n".join(lines))
 
 
 @hydra.main(version_base="1.3", config_path="pkg://synth.conf", config_name="config")
@@ -87,7 +91,11 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    summary = runner.run(config=OmegaConf.to_container(cfg, resolve=True))
+    try:
+        summary = runner.run(config=OmegaConf.to_container(cfg, resolve=True))
+    except OutputError as err:  # not writable, disk full: one line, no traceback
+        print(f"error: {printable(str(err))}", file=sys.stderr)
+        raise SystemExit(EXIT_OUTPUT_ERROR) from None
     print(format_summary(summary))
     if summary["exit_code"]:
         raise SystemExit(summary["exit_code"])
@@ -106,9 +114,34 @@ def check_group_choices(argv: list[str]) -> str | None:
     return None
 
 
+INFO_FLAGS = ("-c", "--cfg", "-h", "--help", "--hydra-help", "-i", "--info", "--shell-completion", "-sc")
+
+
+def check_output_dir(argv: list[str]) -> str | None:
+    """Hydra creates the run directory before synth starts and reports a failure as a traceback:
+    create its fixed part (up to the first ``${...}``) first, to say what is wrong in one line."""
+    if any(arg in INFO_FLAGS or arg.split("=")[0] in INFO_FLAGS for arg in argv):
+        return None
+    key = "hydra.sweep.dir=" if any(arg in ("-m", "--multirun") for arg in argv) else "hydra.run.dir="
+    value = next((arg[len(key):] for arg in argv if arg.startswith(key)), "outputs/${now:%Y-%m-%d}")
+    fixed, interpolated, _ = value.partition("${")
+    if not fixed:
+        return None
+    target = Path(fixed) if not interpolated or fixed.endswith("/") else Path(fixed).parent
+    try:
+        check_writable(target)
+    except OutputError as err:
+        return str(err)
+    return None
+
+
 def cli() -> None:
     problem = check_group_choices(sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(2)
+    problem = check_output_dir(sys.argv[1:])
+    if problem:
+        print(f"error: {printable(problem)}", file=sys.stderr)
+        raise SystemExit(EXIT_OUTPUT_ERROR)
     main()

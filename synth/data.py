@@ -12,6 +12,7 @@ from typing import Iterator, Sequence
 
 from synth.decode import Limits, decode
 from synth.errors import ConfigError, SampleError
+from synth.faults import printable
 from synth.files import atomic_write
 from synth.sample import Sample
 
@@ -99,9 +100,9 @@ class ImageFolder:
         sample.image, sample.alpha = decoded.rgb, decoded.alpha
         sample.params["load"] = decoded.info  # source format, size, orientation, resize: in the metadata
         for note in decoded.notes:
-            log.debug("%s (%s): %s", item.id, item.path, note)
+            log.debug("%s (%s): %s", item.id, printable(item.path), note)
         for warning in decoded.warnings:
-            log.warning("%s (%s): %s", item.id, item.path, warning)
+            log.warning("%s (%s): %s", item.id, printable(item.path), warning)
         return sample
 
 

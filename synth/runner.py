@@ -12,7 +12,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from synth.data import ImageFolder
-from synth.errors import ConfigError
+from synth.errors import ConfigError, OutputError
+from synth.faults import (EXIT_OUTPUT_ERROR, FailureLog, StopSignals, as_output_error, check_max_failure_rate,
+                          check_writable, exit_status, printable)
 from synth.files import atomic_write_json
 from synth.loggers import NullLogger
 from synth.progress import Progress
@@ -53,7 +55,7 @@ class Runner:
     def __init__(self, source: ImageFolder, stages: Sequence[Stage], writers: Sequence[Any],
                  logger: Any = None, run_dir: str | Path = ".", seed: int = 0, batch_size: int = 4,
                  num_workers: int = 2, device: str = "auto", resume: bool = True,
-                 progress_every_s: float = 30.0):
+                 progress_every_s: float = 30.0, max_failure_rate: float = 0.1):
         if int(batch_size) < 1:
             raise ConfigError(f"batch_size={batch_size}: must be >= 1")
         if int(num_workers) < 1:
@@ -64,6 +66,8 @@ class Runner:
         self.run_dir, self.seed = Path(run_dir), int(seed)
         self.batch_size, self.num_workers, self.device, self.resume = int(batch_size), int(num_workers), device, resume
         self.progress_every_s = float(progress_every_s)
+        self.max_failure_rate = check_max_failure_rate(max_failure_rate)
+        self._failure_log: FailureLog | None = None
 
     # -- helpers --------------------------------------------------------------------------------
     def _is_complete(self, sample_id: str) -> bool:
@@ -116,7 +120,7 @@ class Runner:
     # -- the job --------------------------------------------------------------------------------
     def run(self, config: dict[str, Any] | None = None) -> dict[str, Any]:
         started = time.perf_counter()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(self.run_dir)  # an unusable output location: one error before any work
         for writer in self.writers:
             writer.open(self.run_dir, resume=self.resume, shard_index=getattr(self.source, "shard_index", 0))
         items = self.source.items()
@@ -126,7 +130,9 @@ class Runner:
             log.info("resume: %d of %d samples already complete in %s", skipped, len(items), self.run_dir)
         log.info("%d samples to process into %s", len(todo), self.run_dir)
         self.logger.start(config or {}, str(self.run_dir))
-        exit_code = 1
+        exit_code, exit_reason = 1, "stopped by an error (see the log above)"
+        self._failure_log = FailureLog(self.run_dir / "failures.jsonl")
+        stop = StopSignals().install()  # SIGINT/SIGTERM: finish what is in flight, then stop
         records: list[dict[str, Any]] = []
         failures: list[dict[str, Any]] = []
         timings: dict[str, list[float]] = {}
@@ -146,10 +152,14 @@ class Runner:
                             try:
                                 record = future.result()
                             except Exception as err:  # noqa: BLE001 - a write failure fails the sample
+                                if as_output_error(err):  # ... unless the output location is the problem
+                                    raise as_output_error(err) from err
                                 sample.fail("write", err)
                             try:
                                 self._commit(sample)  # a failed sample is dropped here
                             except Exception as err:  # noqa: BLE001
+                                if as_output_error(err):
+                                    raise as_output_error(err) from err
                                 sample.fail("write", err)
                             if sample.ok:
                                 records.append(record)
@@ -161,11 +171,15 @@ class Runner:
                 def decoded() -> Iterable[Sample]:
                     window: deque[Future] = deque()
                     for item in todo:
+                        if stop.requested:
+                            break
                         window.append(decoders.submit(self.source.load, item, self.seed))
                         if len(window) >= prefetch:
                             yield window.popleft().result()
-                    while window:
+                    while window and not stop.requested:
                         yield window.popleft().result()
+                    for future in window:  # stopping: decoded but not started samples are dropped
+                        future.cancel()
 
                 for batch in _batches(decoded(), self.batch_size):
                     for stage in self.stages:
@@ -178,13 +192,23 @@ class Runner:
                     self.logger.log_metrics({"images_per_s": done / max(elapsed, 1e-9),
                                              "done": len(records), "failed": len(failures)}, step=done)
                 collect(keep=0)
-            exit_code = 0 if records or not failures else 1
+            exit_code, exit_reason = exit_status(len(records), len(failures), len(todo), self.max_failure_rate,
+                                                 stop.received)
+        except OutputError as err:
+            exit_code, exit_reason = EXIT_OUTPUT_ERROR, str(err)
+            raise
         finally:
+            stop.restore()
+            self._failure_log.close()
             if hasattr(self.source, "write_outputs"):
                 self._write_source_outputs(items)
             summary = self._summary(items, skipped, records, failures, timings,
                                     time.perf_counter() - started, exit_code)
-            atomic_write_json(self.run_dir / "metadata.json", summary)
+            summary["exit_reason"] = exit_reason
+            try:
+                atomic_write_json(self.run_dir / "metadata.json", summary)
+            except OSError as err:
+                raise as_output_error(err) from err
             for writer in self.writers:
                 writer.close()
             self.logger.finish(summary, exit_code)
@@ -197,7 +221,9 @@ class Runner:
         else:
             failures.append({"id": sample.id, "path": sample.source, "stage": sample.error_stage,
                              "error": sample.error})
-            log.warning("failed %s (%s) at %s: %s", sample.id, sample.source, sample.error_stage, sample.error)
+            self._failure_log.write(failures[-1])
+            log.warning("failed %s (%s) at %s: %s", sample.id, printable(sample.source), sample.error_stage,
+                        printable(sample.error))
         self.logger.log_sample(sample, step)
 
     def _summary(self, items, skipped, records, failures, timings, elapsed, exit_code) -> dict[str, Any]:

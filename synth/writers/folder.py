@@ -53,7 +53,31 @@ class FolderWriter:
         return self.root / "outputs" / f"{sample_id}_output.{self.format}" if self.is_complete(sample_id) else None
 
     def write(self, sample: Sample, images: EncodedImages | None = None) -> dict[str, Any]:
-        """Write every file of one finished sample; return its metadata record."""
+        """Write every file of one finished sample; return its metadata record. On any error the
+        sample's files are removed again: a sample is on disk complete or not at all."""
+        try:
+            return self._write_files(sample, images)
+        except BaseException:
+            self.discard(sample.id)
+            raise
+
+    def discard(self, sample_id: str) -> None:
+        """Remove every file this writer may have written for ``sample_id`` (metadata first, so
+        that the sample never looks complete while its files go)."""
+        ext = self.format
+        names = ["outputs/{id}_metadata.json", "outputs/{id}_input.{ext}", "outputs/{id}_mask.{ext}",
+                 "outputs/{id}_output.{ext}", "outputs/{id}_degraded_fg.{ext}", "outputs/{id}_albedo.{ext}",
+                 "outputs/{id}_foreground.{ext}", "outputs/{id}_background.{ext}", "stage_1/{id}_mask.{ext}",
+                 "stage_1/{id}_foreground.{ext}", "stage_1/{id}_background.{ext}", "stage_2/{id}_albedo.{ext}",
+                 "stage_3/{id}_degraded.{ext}", "stage_3/{id}_shadow_matte.{ext}", "stage_3/{id}_params.json",
+                 "stage_3_5/{id}_composite.{ext}"]
+        for name in names:
+            try:
+                (self.root / name.format(id=sample_id, ext=ext)).unlink(missing_ok=True)
+            except OSError:  # e.g. the path runs through a file: nothing was written there
+                pass
+
+    def _write_files(self, sample: Sample, images: EncodedImages | None) -> dict[str, Any]:
         root, sid, ext = self.root, sample.id, self.format
         images = images or EncodedImages(sample)
         files: dict[str, str] = {}
