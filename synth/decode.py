@@ -54,7 +54,8 @@ class Limits:
         if not isinstance(self.min_side, int) or self.min_side < 1:
             raise ConfigError(f"data.min_side={self.min_side}: must be an integer >= 1")
         if self.max_side is not None and (not isinstance(self.max_side, int) or self.max_side < self.min_side):
-            raise ConfigError(f"data.max_side={self.max_side}: must be null or an integer >= data.min_side ({self.min_side})")
+            raise ConfigError(f"data.max_side={self.max_side}: must be null or an integer "
+                              f">= data.min_side ({self.min_side})")
         if self.max_pixels is not None and (not isinstance(self.max_pixels, int) or self.max_pixels < 1):
             raise ConfigError(f"data.max_pixels={self.max_pixels}: must be null or an integer >= 1")
 

@@ -135,7 +135,8 @@ def test_greyscale_is_expanded_to_three_channels(tmp_path):
     for name in ("grey.png", "bilevel.png"):
         sample = load(tmp_path / name)
         assert sample.ok and sample.image.shape == (48, 64, 3) and sample.alpha is None
-        assert (sample.image[..., 0] == sample.image[..., 1]).all() and (sample.image[..., 1] == sample.image[..., 2]).all()
+        image = sample.image
+        assert (image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all()
 
 
 def test_palette_image_keeps_its_colours_and_transparency(tmp_path):

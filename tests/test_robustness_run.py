@@ -156,7 +156,7 @@ def test_duplicate_stems_in_sub_folders_keep_distinct_ids_and_masks(tmp_path):
     assert summary["done"] == 2
     by_id = {r["image_id"]: r for r in summary["samples"]}
     assert sorted(by_id) == ["000000", "000001"]
-    assert Path(by_id["000000"]["source"]).parent.name == "day" and Path(by_id["000001"]["source"]).parent.name == "night"
+    assert [Path(by_id[i]["source"]).parent.name for i in ("000000", "000001")] == ["day", "night"]
     out = tmp_path / "run"
     day_mask = np.asarray(Image.open(out / by_id["000000"]["mask"]))
     night_mask = np.asarray(Image.open(out / by_id["000001"]["mask"]))
