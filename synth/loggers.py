@@ -62,6 +62,8 @@ class WandbLogger(NullLogger):
         self.log_every_n, self.max_images = int(log_every_n), int(max_images)
         self.image_size = None if image_size is None else int(image_size)
         self.run: Any = None
+        self.mode_used = mode
+        self.step = 0  # W&B drops rows whose step goes backwards: never log below the highest seen
         self.rows: list[dict[str, Any]] = []
         self.failures: list[list[Any]] = []
         self.ms_sum: dict[str, float] = {}
@@ -69,9 +71,11 @@ class WandbLogger(NullLogger):
 
     # -- the run ---------------------------------------------------------------------------------
     def start(self, config: dict[str, Any], run_dir: str) -> None:
+        mode = self.mode
+        if mode == "disabled":  # like logger=none: no run, no images encoded
+            return
         import wandb  # only here, so that logger=none never imports it
 
-        mode = self.mode
         if mode == "online" and not _has_credentials(wandb):
             mode = "offline"  # never prompt: a job must not wait for input on a cluster node
             print("synth: no W&B credentials (wandb login / WANDB_API_KEY); logging offline", flush=True)
@@ -83,8 +87,14 @@ class WandbLogger(NullLogger):
         wandb_dir = Path(self.dir or os.environ.get("WANDB_DIR") or run_dir)
         wandb_dir.mkdir(parents=True, exist_ok=True)
         config = {**config, "run_dir": str(run_dir), "overrides": hydra.get("overrides", [])}
-        self.run = wandb.init(**kwargs, mode=mode, dir=str(wandb_dir), config=config,
-                              reinit="finish_previous")
+        try:
+            self.run = wandb.init(**kwargs, mode=mode, dir=str(wandb_dir), config=config, reinit="finish_previous")
+        except Exception as err:  # noqa: BLE001 - a server problem must not cost the job its images
+            if mode != "online":
+                raise
+            print(f"synth: W&B online init failed ({type(err).__name__}: {err}); logging offline", flush=True)
+            mode = "offline"
+            self.run = wandb.init(**kwargs, mode=mode, dir=str(wandb_dir), config=config, reinit="finish_previous")
         self.mode_used = mode
 
     def log_sample(self, sample: Sample, step: int) -> None:
@@ -100,7 +110,8 @@ class WandbLogger(NullLogger):
             return
         images = self._images(sample)
         raw_input = images.pop("stage_1/input_raw", None)  # the table's plain input; history shows the overlay
-        self.run.log(images, step=step)
+        self.step = max(self.step, step)
+        self.run.log(images, step=self.step)
         row = {"id": sample.id, "index": sample.index, "source": sample.source,
                "input": raw_input, "mask": images.get("stage_1/input"),
                "albedo": images.get("stage_2/albedo"), "degraded": images.get("stage_3/degraded"),
@@ -112,7 +123,8 @@ class WandbLogger(NullLogger):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.run is None:
             return
-        self.run.log(self._perf(metrics), step=step)
+        self.step = max(self.step, step)
+        self.run.log(self._perf(metrics), step=self.step)
 
     def _perf(self, metrics: dict[str, float]) -> dict[str, float]:
         """The runner's metrics under perf/, plus the mean ms per stage so far under ms/."""
