@@ -1,15 +1,45 @@
-"""Occluder patterns that cast shadows: each returns a hard matte (1 = in shadow) and the
-parameters it drew. All vectorised or drawn by OpenCV; sizes scale with the image side."""
+"""Occluder patterns that cast shadows.
+
+Each family draws a matte (float32 HxW in [0, 1], 1 = in shadow) and returns the parameters it
+drew. Families are defined in *pattern coordinates* ``q``: units of the image's long side,
+centred on the image centre, so sizes scale with the image. A random affine (rotation +-15 deg,
+scale 0.8-1.2, shift +-10 % of the side; :class:`Frame`) places the pattern in the image. It is
+applied exactly, to coordinates or polygon vertices (or by one resampling for noise rasters),
+rather than by warping a finished raster, so no pattern shows empty or mirrored borders.
+
+Everything is vectorised: per-pixel work is numpy on whole arrays, shapes are filled by OpenCV
+in one call per batch of polygons. ``COVERAGE`` documents, per family, the range of the matte's
+mean over the frame (tests check it across seeds).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import cv2
 import numpy as np
 
-Pattern = Callable[[np.random.Generator, int, int], "tuple[np.ndarray, dict]"]
+Pattern = Callable[[np.random.Generator, "Frame"], "tuple[np.ndarray, dict]"]
 PATTERNS: dict[str, Pattern] = {}
+
+# Documented range of each family's coverage (mean of the matte over a square frame).
+COVERAGE: dict[str, tuple[float, float]] = {
+    "tree_foliage": (0.25, 0.65),
+    "venetian_blind": (0.3, 0.7),
+    "window_frame": (0.15, 0.9),
+    "branch": (0.01, 0.4),
+    "curtain": (0.25, 0.85),
+    "fence": (0.15, 0.8),
+    "voronoi": (0.15, 0.8),
+    "lattice": (0.2, 0.9),
+    "cloud": (0.03, 0.8),
+    "screen": (0.15, 0.95),
+    "geometric": (0.015, 0.8),
+}
+
+_SHIFT = 4  # fractional bits for OpenCV drawing (sub-pixel vertex positions)
+_RASTER = 256  # long side of the rasters used for smooth patterns (noise, curtains, clouds)
 
 
 def pattern(name: str):
@@ -19,66 +49,398 @@ def pattern(name: str):
     return register
 
 
-def fractal_noise(rng: np.random.Generator, h: int, w: int, octaves: int, base_cells: float) -> np.ndarray:
-    """Value noise summed over octaves, each a random grid upsampled bicubically; in [0, 1]."""
+def render(name: str, rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, dict]:
+    """Draw family ``name`` at h x w: the affine first, then the pattern (both from ``rng``)."""
+    frame = Frame.sample(rng, h, w)
+    matte, params = PATTERNS[name](rng, frame)
+    return matte, {**params, "affine": frame.params()}
+
+
+# --- where the pattern lands ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Frame:
+    """The image grid and the pattern's pose: image position p = scale * R(rotation) q + shift,
+    with p and q in units of the long side, centred on the image centre."""
+
+    h: int
+    w: int
+    rotation: float = 0.0  # degrees
+    scale: float = 1.0
+    shift: tuple[float, float] = (0.0, 0.0)
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator, h: int, w: int) -> "Frame":
+        return cls(h, w, float(rng.uniform(-15, 15)), float(rng.uniform(0.8, 1.2)),
+                   (float(rng.uniform(-0.1, 0.1)), float(rng.uniform(-0.1, 0.1))))
+
+    def params(self) -> dict:
+        return {"rotation": self.rotation, "scale": self.scale, "shift": list(self.shift)}
+
+    def resized(self, h: int, w: int) -> "Frame":
+        """The same pose on another pixel grid (for patterns drawn small and upsampled)."""
+        return Frame(h, w, self.rotation, self.scale, self.shift)
+
+    def small(self) -> "Frame":
+        """This pose on a grid whose long side is at most ``_RASTER`` pixels."""
+        f = min(1.0, _RASTER / max(self.h, self.w))
+        return self.resized(max(1, round(self.h * f)), max(1, round(self.w * f)))
+
+    @property
+    def side(self) -> int:
+        return max(self.h, self.w)
+
+    def _centre(self) -> np.ndarray:
+        return np.array([self.w / 2 - 0.5, self.h / 2 - 0.5])
+
+    def to_q(self) -> np.ndarray:
+        """2x3 matrix mapping pixel (x, y, 1) to pattern coordinates q."""
+        t = np.deg2rad(self.rotation)
+        inv = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]]) / self.scale
+        lin = inv / self.side
+        off = inv @ (-self._centre() / self.side - np.asarray(self.shift))
+        return np.hstack([lin, off[:, None]])
+
+    def pixels(self, q: np.ndarray) -> np.ndarray:
+        """Pattern coordinates (..., 2) -> float pixel coordinates (..., 2)."""
+        t = np.deg2rad(self.rotation)
+        rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]) * self.scale
+        return (np.asarray(q) @ rot.T + np.asarray(self.shift)) * self.side + self._centre()
+
+    def from_pixels(self, xy: np.ndarray) -> np.ndarray:
+        m = self.to_q()
+        return np.asarray(xy) @ m[:, :2].T + m[:, 2]
+
+    def box(self) -> tuple[float, float, float, float]:
+        """(u0, v0, u1, v1): the axis-aligned q box that covers the whole image."""
+        corners = self.from_pixels(np.array([[-0.5, -0.5], [self.w, -0.5], [-0.5, self.h], [self.w, self.h]]))
+        return (*corners.min(axis=0), *corners.max(axis=0))
+
+    def coordinate(self, angle: float = 0.0, scale: float = 1.0, offset: float = 0.0) -> np.ndarray:
+        """HxW float32: ``scale * (q . (cos angle, sin angle)) + offset`` at every pixel.
+
+        One broadcast add: the pattern's own turn, frequency and phase fold into the coefficients.
+        """
+        a = np.deg2rad(angle)
+        cx, cy, c0 = scale * (np.array([np.cos(a), np.sin(a)]) @ self.to_q())
+        xs = (np.float32(cx) * np.arange(self.w, dtype=np.float32))[None, :]
+        ys = (np.float32(cy) * np.arange(self.h, dtype=np.float32) + np.float32(c0 + offset))[:, None]
+        return xs + ys
+
+    def sample_raster(self, raster: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+        """Resample ``raster`` (covering the q ``box``) onto the image grid: affine and upsampling
+        in one bilinear pass."""
+        u0, v0, u1, v1 = box
+        rh, rw = raster.shape[:2]
+        # raster pixel = (q - corner) * pixels-per-unit - 0.5 (pixel centres)
+        to_raster = np.diag([rw / (u1 - u0), rh / (v1 - v0)]) @ self.to_q()
+        to_raster[:, 2] -= [u0 * rw / (u1 - u0) + 0.5, v0 * rh / (v1 - v0) + 0.5]
+        return cv2.warpAffine(raster, to_raster, (self.w, self.h),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+
+
+# --- drawing helpers ---------------------------------------------------------------------------
+def _fixed(frame: Frame, q: np.ndarray) -> np.ndarray:
+    """q (..., 2) -> int32 pixel coordinates with ``_SHIFT`` fractional bits, for OpenCV."""
+    return np.round(frame.pixels(q) * (1 << _SHIFT)).astype(np.int32)
+
+
+def _fill(canvas: np.ndarray, frame: Frame, polygons: np.ndarray | list, value: int = 255) -> None:
+    """Fill non-overlapping polygons (an array (K, N, 2) or a list of (N, 2), in q) in one call."""
+    pts = [_fixed(frame, p) for p in polygons]
+    if pts:
+        cv2.fillPoly(canvas, pts, value, cv2.LINE_AA, _SHIFT)
+
+
+def _unit(canvas: np.ndarray) -> np.ndarray:
+    return canvas.astype(np.float32) * np.float32(1 / 255)
+
+
+def _regular(n: int, radius: float | np.ndarray = 1.0, turn: float = 0.0) -> np.ndarray:
+    a = turn + np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return np.stack([np.cos(a), np.sin(a)], axis=-1) * np.asarray(radius)[..., None]
+
+
+def _visible_points(rng: np.random.Generator, frame: Frame, n: int, margin: float = 0.1) -> np.ndarray:
+    """n points uniformly inside the image (``margin`` of each side left out), in q."""
+    xy = rng.uniform([margin * frame.w, margin * frame.h], [(1 - margin) * frame.w, (1 - margin) * frame.h],
+                     size=(n, 2))
+    return frame.from_pixels(xy)
+
+
+def fractal_noise(rng: np.random.Generator, shape: tuple[int, int], octaves: int, cells: float,
+                  persistence: float = 0.5) -> np.ndarray:
+    """Value noise on a raster: random grids upsampled bicubically, each octave twice as fine and
+    ``persistence`` times as strong as the one before.
+
+    ``cells`` is the coarsest octave's cell count along the raster's long side. Result in [0, 1].
+    """
+    h, w = shape
     total = np.zeros((h, w), np.float32)
     amplitude, norm = 1.0, 0.0
     for octave in range(octaves):
-        cells = base_cells * 2 ** octave
-        gh, gw = max(2, int(round(cells * h / max(h, w))) + 1), max(2, int(round(cells * w / max(h, w))) + 1)
-        grid = rng.random((gh, gw), dtype=np.float32)
-        total += amplitude * cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+        c = cells * 2 ** octave
+        gh, gw = max(2, int(round(c * h / max(h, w))) + 2), max(2, int(round(c * w / max(h, w))) + 2)
+        total += amplitude * cv2.resize(rng.random((gh, gw), dtype=np.float32), (w, h),
+                                        interpolation=cv2.INTER_CUBIC)
         norm += amplitude
-        amplitude *= 0.5
+        amplitude *= persistence
     total /= norm
     lo, hi = total.min(), total.max()
     return (total - lo) / max(hi - lo, 1e-6)
 
 
+def _raster_box(frame: Frame) -> tuple[tuple[float, float, float, float], tuple[int, int]]:
+    """The q box covering the image and a raster shape for it (``_RASTER`` px per q unit, capped
+    at the image's own resolution)."""
+    u0, v0, u1, v1 = frame.box()
+    per_unit = min(_RASTER, frame.side * frame.scale)
+    return (u0, v0, u1, v1), (max(2, int(np.ceil((v1 - v0) * per_unit))), max(2, int(np.ceil((u1 - u0) * per_unit))))
+
+
+# --- the families --------------------------------------------------------------------------------
 @pattern("tree_foliage")
-def tree_foliage(rng, h, w):
+def tree_foliage(rng, frame):
+    """Dappled leaf shadow: fractal noise (4-6 octaves) thresholded at a sampled coverage."""
     octaves = int(rng.integers(4, 7))
     coverage = float(rng.uniform(0.3, 0.6))
-    noise = fractal_noise(rng, h, w, octaves, base_cells=float(rng.uniform(2.0, 4.0)))
-    threshold = float(np.quantile(noise[::4, ::4], 1.0 - coverage))
-    return (noise >= threshold).astype(np.float32), {"octaves": octaves, "target_coverage": coverage}
+    cells = float(rng.uniform(2.5, 5.0))  # coarsest octave's cells per long side
+    persistence = float(rng.uniform(0.5, 0.7))  # higher: more small leaves and gaps
+    box, shape = _raster_box(frame)
+    noise = fractal_noise(rng, shape, octaves, cells * (box[2] - box[0]), persistence)
+    field = frame.sample_raster(noise, box)
+    # Threshold on what is visible, so the coverage holds in the frame, not just the raster.
+    threshold = np.quantile(field[::8, ::8], 1.0 - coverage)
+    return (field >= threshold).astype(np.float32), {"octaves": octaves, "cells": cells,
+                                                     "persistence": persistence, "target_coverage": coverage}
 
 
 @pattern("venetian_blind")
-def venetian_blind(rng, h, w):
+def venetian_blind(rng, frame):
+    """Parallel slats (8-15 per side) at +-20 deg; ``duty`` is the shadowed part of each period."""
     slats = int(rng.integers(8, 16))
     angle = float(rng.uniform(-20, 20))
-    duty = float(rng.uniform(0.35, 0.65))  # fraction of each period in shadow
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    theta = np.deg2rad(angle)
-    along = (yy - h / 2) * np.cos(theta) - (xx - w / 2) * np.sin(theta)
-    period = max(h, w) / slats
-    phase = float(rng.uniform(0, period))
-    matte = (np.mod(along + phase, period) < duty * period).astype(np.float32)
-    return matte, {"slats": slats, "angle": angle, "duty": duty}
+    duty = float(rng.uniform(0.35, 0.65))
+    phase = float(rng.uniform(0, 1))
+    along = frame.coordinate(90 + angle, slats, phase)
+    along -= np.floor(along)
+    return (along < duty).astype(np.float32), {"slats": slats, "angle": angle, "duty": duty}
+
+
+@pattern("window_frame")
+def window_frame(rng, frame):
+    """Light through a window of 2x2 to 4x3 panes (possibly skewed by the sun's angle): the wall
+    around the window and the glazing bars are in shadow."""
+    cols, rows = int(rng.integers(2, 5)), int(rng.integers(2, 4))
+    width, height = float(rng.uniform(0.55, 0.95)), float(rng.uniform(0.6, 1.0))
+    cu, cv = (float(x) for x in rng.uniform(-0.15, 0.15, 2))
+    bar = float(rng.uniform(0.015, 0.035))
+    skew = float(rng.uniform(-0.3, 0.3))
+    # Pane coordinates: integers on the bars, 0..cols / 0..rows inside the window.
+    v = frame.coordinate(90)
+    x = (frame.coordinate(0) + np.float32(skew) * v - np.float32(cu - width / 2)) * np.float32(cols / width)
+    y = (v - np.float32(cv - height / 2)) * np.float32(rows / height)
+    lit = (x > 0) & (x < cols) & (y > 0) & (y < rows)
+    lit &= np.abs(x - np.round(x)) * np.float32(width / cols) > bar / 2
+    lit &= np.abs(y - np.round(y)) * np.float32(height / rows) > bar / 2
+    return (~lit).astype(np.float32), {"cols": cols, "rows": rows, "width": width, "height": height,
+                                       "bar": bar, "skew": skew}
+
+
+@pattern("branch")
+def branch(rng, frame):
+    """4-8 branches entering from one side, tapering, each with 2-5 twigs."""
+    n = int(rng.integers(4, 9))
+    canvas = np.zeros((frame.h, frame.w), np.uint8)
+    px_per_q = frame.side * frame.scale
+    side = float(rng.uniform(0, 2 * np.pi))  # where the tree is
+    twig_total = 0
+
+    def stroke(points: np.ndarray, t0: float, t1: float) -> None:
+        pix = _fixed(frame, points)
+        widths = np.linspace(t0, t1, len(points) - 1) * px_per_q
+        for a, b, t in zip(pix[:-1], pix[1:], widths):
+            cv2.line(canvas, tuple(map(int, a)), tuple(map(int, b)), 255, max(1, int(round(t))), cv2.LINE_AA, _SHIFT)
+
+    def walk(start: np.ndarray, heading: float, length: float, steps: int, wiggle: float) -> np.ndarray:
+        headings = heading + np.cumsum(rng.normal(0, wiggle, steps))
+        steps_q = (length / steps) * np.stack([np.cos(headings), np.sin(headings)], axis=1)
+        return np.vstack([start, start + np.cumsum(steps_q, axis=0)])
+
+    for _ in range(n):
+        origin_angle = side + rng.uniform(-0.6, 0.6)
+        start = 0.8 * np.array([np.cos(origin_angle), np.sin(origin_angle)])
+        heading = origin_angle + np.pi + rng.uniform(-0.5, 0.5)
+        steps = int(rng.integers(6, 11))
+        thick = float(rng.uniform(0.015, 0.035))
+        path = walk(start, heading, float(rng.uniform(0.6, 1.1)), steps, 0.15)
+        stroke(path, thick, 0.3 * thick)
+        twigs = int(rng.integers(2, 6))
+        twig_total += twigs
+        for at in rng.integers(2, steps, twigs):
+            along = at / steps
+            d = path[at] - path[at - 1]
+            twig_heading = np.arctan2(d[1], d[0]) + rng.choice([-1, 1]) * rng.uniform(0.45, 1.0)
+            twig = walk(path[at], twig_heading, float(rng.uniform(0.1, 0.25)), 3, 0.25)
+            stroke(twig, 0.5 * thick * (1 - 0.7 * along), 0.1 * thick)
+    return _unit(canvas), {"branches": n, "twigs": twig_total}
+
+
+@pattern("curtain")
+def curtain(rng, frame):
+    """A sheer curtain with 6-12 irregular folds: partial shadow, lighter along the fold valleys."""
+    folds = int(rng.integers(6, 13))
+    density = float(rng.uniform(0.55, 0.9))  # light blocked where the fabric is flat
+    contrast = float(rng.uniform(0.4, 0.9))  # how much lighter the valleys are
+    sway = float(rng.uniform(-0.4, 0.4))  # folds curve along their length
+    small = frame.small()  # smooth pattern: computed small, upsampled
+    u, v = small.coordinate(0), small.coordinate(90)
+    phase = u * np.float32(folds) + np.float32(sway) * v * v
+    phase += np.float32(0.35) * np.sin(phase * np.float32(0.37 * 2 * np.pi) + np.float32(rng.uniform(0, 6.3)))
+    valley = (np.float32(0.5) + np.float32(0.5) * np.cos(np.float32(2 * np.pi) * phase)) ** 2
+    matte = np.float32(density) * (1 - np.float32(contrast) * valley)
+    matte = cv2.resize(matte, (frame.w, frame.h), interpolation=cv2.INTER_LINEAR)
+    return matte, {"folds": folds, "density": density, "contrast": contrast, "sway": sway}
+
+
+@pattern("fence")
+def fence(rng, frame):
+    """Picket fence: 6-14 pickets per side with pointed tops, two rails; lit above the fence."""
+    pickets = int(rng.integers(6, 15))
+    width = float(rng.uniform(0.45, 0.75))  # fraction of the spacing
+    top = float(rng.uniform(-0.45, 0.0))
+    rail = float(rng.uniform(0.025, 0.05))
+    rails = [top + float(rng.uniform(0.12, 0.25)), top + float(rng.uniform(0.55, 0.8))]
+    tip = 0.5 * width / pickets  # height of the point
+    u, v = frame.coordinate(0, pickets, float(rng.uniform(0, 1))), frame.coordinate(90)
+    off = np.abs(u - np.floor(u) - np.float32(0.5))  # 0 at a picket's centre line
+    half = np.float32(width / 2)
+    picket = (off < half) & (v > np.float32(top) + np.float32(tip / half) * off)
+    for r in rails:
+        picket |= (np.abs(v - np.float32(r)) < np.float32(rail / 2)) & (v > np.float32(top))
+    return picket.astype(np.float32), {"pickets": pickets, "width": width, "top": top, "rail": rail}
+
+
+@pattern("voronoi")
+def voronoi(rng, frame):
+    """60-120 Voronoi cells in view: cell walls (a net, cracked glass) and some whole cells shaded."""
+    cells = int(rng.integers(60, 121))
+    wall = float(rng.uniform(0.006, 0.016))
+    fill = float(rng.uniform(0.15, 0.45))
+    u0, v0, u1, v1 = frame.box()
+    visible = frame.h * frame.w / (frame.side * frame.scale) ** 2
+    n = max(4, int(round(cells * (u1 - u0) * (v1 - v0) / visible)))
+    seeds = rng.uniform([u0, v0], [u1, v1], size=(n, 2))
+    # Subdiv2D works on integer rectangles: use milli-units.
+    subdiv = cv2.Subdiv2D((int(np.floor(u0 * 1000)) - 10, int(np.floor(v0 * 1000)) - 10,
+                           int(np.ceil((u1 - u0) * 1000)) + 20, int(np.ceil((v1 - v0) * 1000)) + 20))
+    subdiv.insert([tuple(map(float, p)) for p in seeds * 1000])
+    facets, _ = subdiv.getVoronoiFacetList([])
+    facets = [np.asarray(f, np.float64) / 1000 for f in facets]
+    canvas = np.zeros((frame.h, frame.w), np.uint8)
+    shaded = rng.random(len(facets)) < fill
+    _fill(canvas, frame, [f for f, s in zip(facets, shaded) if s])
+    thickness = max(1, int(round(wall * frame.side * frame.scale)))
+    cv2.polylines(canvas, [_fixed(frame, f) for f in facets], True, 255, thickness, cv2.LINE_AA, _SHIFT)
+    return _unit(canvas), {"cells": cells, "wall": wall, "fill": fill}
+
+
+@pattern("lattice")
+def lattice(rng, frame):
+    """A trellis: bars in a grid, a diagonal (diamond) grid, or both crossed."""
+    kind = ["grid", "diagonal", "cross"][int(rng.integers(3))]
+    cells = float(rng.uniform(5, 12))
+    bar = float(rng.uniform(0.15, 0.35))  # fraction of the period
+    angles = {"grid": [0, 90], "diagonal": [45, 135], "cross": [0, 90, 45, 135]}[kind]
+    matte = np.zeros((frame.h, frame.w), bool)
+    for angle in angles:
+        c = frame.coordinate(angle, cells, float(rng.uniform(0, 1)))
+        c -= np.floor(c)
+        matte |= c < np.float32(bar)
+    return matte.astype(np.float32), {"kind": kind, "cells": cells, "bar": bar}
+
+
+@pattern("cloud")
+def cloud(rng, frame):
+    """2-4 soft, lobed blobs (cloud shadows, or any large soft occluder)."""
+    blobs = int(rng.integers(2, 5))
+    softness = float(rng.uniform(0.01, 0.04))  # edge blur, in units of the side
+    small = frame.small()
+    canvas = np.zeros((small.h, small.w), np.uint8)
+    centres = _visible_points(rng, frame, blobs, margin=0.15)
+    theta = np.linspace(0, 2 * np.pi, 96, endpoint=False)
+    k = np.arange(2, 7)
+    for centre in centres:
+        radius = float(rng.uniform(0.12, 0.3))
+        amp = rng.uniform(0, 0.25, k.size) / np.sqrt(k)
+        ph = rng.uniform(0, 2 * np.pi, k.size)
+        r = radius * np.maximum(0.3, 1 + (amp * np.cos(np.outer(theta, k) + ph)).sum(axis=1))
+        blob = canvas.copy()  # blobs may overlap: fill each on its own, then take the union
+        _fill(blob, small, [centre + r[:, None] * np.stack([np.cos(theta), np.sin(theta)], axis=1)])
+        np.maximum(canvas, blob, out=canvas)
+    matte = cv2.GaussianBlur(_unit(canvas), (0, 0), max(0.5, softness * small.side * small.scale))
+    matte = cv2.resize(matte, (frame.w, frame.h), interpolation=cv2.INTER_LINEAR)
+    return matte, {"blobs": blobs, "softness": softness}
+
+
+@pattern("screen")
+def screen(rng, frame):
+    """A perforated screen (mashrabiya): shadow except through holes (circles, squares or
+    diamonds; stars; or hexagons in a honeycomb), 6-12 cells per side."""
+    kind = ["geometric", "star", "hexagon"][int(rng.integers(3))]
+    cells = float(rng.uniform(6, 12))
+    hole = float(rng.uniform(0.55, 0.8))  # hole size as a fraction of the cell
+    pitch = 1.0 / cells
+    params = {"kind": kind, "cells": cells, "hole": hole}
+    if kind == "geometric":
+        shape = ["circle", "square", "diamond"][int(rng.integers(3))]
+        params["shape"] = shape
+        template = {"circle": _regular(32, 0.5), "square": _regular(4, 0.5 * np.sqrt(2), np.pi / 4),
+                    "diamond": _regular(4, 0.5)}[shape] * hole * pitch
+    elif kind == "star":
+        points = int(rng.integers(5, 9))
+        inner = float(rng.uniform(0.4, 0.6))
+        params.update(points=points, inner=inner)
+        radii = np.tile([0.5, 0.5 * inner], points)
+        template = _regular(2 * points, radii, -np.pi / 2) * hole * pitch
+    else:
+        # Pointy-top hexagons: a full cell has apothem pitch/2, circumradius pitch/sqrt(3).
+        template = _regular(6, hole * pitch / np.sqrt(3), np.pi / 6)
+    # Cell centres over the box covering the image (hexagons: offset rows, rows sqrt(3)/2 apart).
+    u0, v0, u1, v1 = frame.box()
+    row_pitch = pitch * (np.sqrt(3) / 2 if kind == "hexagon" else 1.0)
+    us = np.arange(np.floor(u0 / pitch) - 1, np.ceil(u1 / pitch) + 2) * pitch
+    vs = np.arange(np.floor(v0 / row_pitch) - 1, np.ceil(v1 / row_pitch) + 2) * row_pitch
+    cu, cv = np.meshgrid(us, vs)
+    if kind == "hexagon":
+        cu = cu + (np.round(cv / row_pitch) % 2)[:, :1] * pitch / 2
+    centres = np.stack([cu.ravel(), cv.ravel()], axis=1)
+    canvas = np.full((frame.h, frame.w), 255, np.uint8)
+    _fill(canvas, frame, centres[:, None, :] + template[None], 0)
+    return _unit(canvas), params
 
 
 @pattern("geometric")
-def geometric(rng, h, w):
+def geometric(rng, frame):
+    """1-3 large shapes (ellipses, polygons, rectangles) in view."""
     shapes = int(rng.integers(1, 4))
-    side = max(h, w)
-    matte = np.zeros((h, w), np.uint8)
+    canvas = np.zeros((frame.h, frame.w), np.uint8)
     kinds = []
-    for _ in range(shapes):
+    for centre in _visible_points(rng, frame, shapes, margin=0.15):
         kind = ["ellipse", "polygon", "rectangle"][int(rng.integers(3))]
         kinds.append(kind)
-        cx, cy = rng.uniform(0.15, 0.85) * w, rng.uniform(0.15, 0.85) * h
-        size = rng.uniform(0.15, 0.4) * side
+        size = float(rng.uniform(0.2, 0.4))
+        turn = float(rng.uniform(0, np.pi))
         if kind == "ellipse":
-            axes = (int(size), int(size * rng.uniform(0.4, 1.0)))
-            cv2.ellipse(matte, (int(cx), int(cy)), axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+            outline = _regular(64) * [size, size * rng.uniform(0.4, 1.0)]
         elif kind == "rectangle":
-            rect = ((float(cx), float(cy)), (float(size), float(size * rng.uniform(0.3, 1.0))), float(rng.uniform(0, 90)))
-            cv2.fillPoly(matte, [cv2.boxPoints(rect).astype(np.int32)], 1)
+            outline = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * [size / 2, size * rng.uniform(0.2, 0.5)]
         else:
             n = int(rng.integers(3, 7))
-            angles = np.sort(rng.uniform(0, 2 * np.pi, n))
-            radii = size * rng.uniform(0.5, 1.0, n)
-            pts = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1)
-            cv2.fillPoly(matte, [pts.astype(np.int32)], 1)
-    return matte.astype(np.float32), {"shapes": kinds}
+            # Evenly spread vertices, jittered: irregular but never a sliver.
+            angles = (np.arange(n) + rng.uniform(-0.3, 0.3, n)) * (2 * np.pi / n)
+            outline = np.stack([np.cos(angles), np.sin(angles)], axis=1) * size * rng.uniform(0.6, 1.0, (n, 1))
+        rot = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+        shape = canvas.copy()  # shapes may overlap: fill each on its own, then take the union
+        _fill(shape, frame, [centre + outline @ rot.T])
+        np.maximum(canvas, shape, out=canvas)
+    return _unit(canvas), {"shapes": kinds}
