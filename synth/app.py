@@ -106,11 +106,19 @@ def check_group_choices(argv: list[str]) -> str | None:
     for arg in argv:
         name, sep, value = arg.lstrip("+~").partition("=")
         group_dir = resources.files("synth.conf").joinpath(name)
-        if not sep or "/" in name or not group_dir.is_dir() or not value or "," in value or value == "null":
+        if value.startswith("[") and value.endswith("]"):  # several options: writers=[webdataset,hf]
+            chosen = [v.strip() for v in value[1:-1].split(",") if v.strip()]
+        elif "," in value:  # a sweep: Hydra names a bad one itself
+            continue
+        else:
+            chosen = [value]
+        if not sep or "/" in name or not group_dir.is_dir() or not value or value == "null":
             continue
         options = sorted(p.name[:-5] for p in group_dir.iterdir() if p.name.endswith(".yaml"))
-        if value not in options:
-            return f"{name}={value}: unknown option; choose from {', '.join(options)}"
+        for choice in chosen:
+            if choice not in options:
+                which = f" {choice}" if len(chosen) > 1 else ""
+                return f"{name}={value}: unknown option{which}; choose from {', '.join(options)}"
     return None
 
 

@@ -64,6 +64,9 @@ class WebDatasetWriter(ShardedWriter):
                                          start_shard=self.next_seq, post=self._publish, verbose=0,
                                          encoder=False, mtime=0)  # fixed mtime: same job, same bytes
         self._sink.write(row)
+        if self._sink.count >= self.maxcount:
+            self._finish_shard()  # publish a full shard now, not when the next sample arrives
+
 
     def _publish(self, temp: str) -> None:
         """ShardWriter closed a shard: give it its final name (it becomes visible now)."""
@@ -74,6 +77,7 @@ class WebDatasetWriter(ShardedWriter):
 
     def _finish_shard(self) -> None:
         if self._sink is not None:
+            self.next_seq = self._sink.shard  # the number its next shard would have had
             self._sink.close()
             self._sink = None
 
