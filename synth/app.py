@@ -11,11 +11,12 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from synth.errors import ConfigError, OutputError
-from synth.faults import EXIT_OUTPUT_ERROR, check_writable, printable
+from synth.faults import EXIT_OUTPUT_ERROR, check_creatable, printable
 from synth.runner import STAGE_GROUPS, Runner
 
 log = logging.getLogger("synth")
@@ -122,25 +123,24 @@ def check_group_choices(argv: list[str]) -> str | None:
     return None
 
 
-INFO_FLAGS = ("-c", "--cfg", "-h", "--help", "--hydra-help", "-i", "--info", "--shell-completion", "-sc")
+class CheckOutputDir(Callback):
+    """Hydra creates the run directory before synth starts and reports a failure there as a
+    traceback; check it first (``hydra.callbacks.output_dir`` in config.yaml) and say what is
+    wrong in one line. Hydra caches ``${now:...}``, so this is the directory it will create."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _exit_unless_creatable(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _exit_unless_creatable(config.hydra.sweep.dir)
 
 
-def check_output_dir(argv: list[str]) -> str | None:
-    """Hydra creates the run directory before synth starts and reports a failure as a traceback:
-    create its fixed part (up to the first ``${...}``) first, to say what is wrong in one line."""
-    if any(arg in INFO_FLAGS or arg.split("=")[0] in INFO_FLAGS for arg in argv):
-        return None
-    key = "hydra.sweep.dir=" if any(arg in ("-m", "--multirun") for arg in argv) else "hydra.run.dir="
-    value = next((arg[len(key):] for arg in argv if arg.startswith(key)), "outputs/${now:%Y-%m-%d}")
-    fixed, interpolated, _ = value.partition("${")
-    if not fixed:
-        return None
-    target = Path(fixed) if not interpolated or fixed.endswith("/") else Path(fixed).parent
+def _exit_unless_creatable(path: str) -> None:
     try:
-        check_writable(target)
+        check_creatable(Path(path))
     except OutputError as err:
-        return str(err)
-    return None
+        print(f"error: {printable(str(err))}", file=sys.stderr)
+        raise SystemExit(EXIT_OUTPUT_ERROR) from None
 
 
 def cli() -> None:
@@ -148,8 +148,4 @@ def cli() -> None:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(2)
-    problem = check_output_dir(sys.argv[1:])
-    if problem:
-        print(f"error: {printable(problem)}", file=sys.stderr)
-        raise SystemExit(EXIT_OUTPUT_ERROR)
     main()

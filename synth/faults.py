@@ -116,6 +116,23 @@ def as_output_error(err: BaseException) -> OutputError | None:
     return None
 
 
+def check_creatable(path: Path) -> None:
+    """Raise OutputError unless ``path`` is, or could be made, a writable directory: its nearest
+    existing ancestor is a directory where a file can be written. Leaves nothing behind."""
+    path = Path(path).absolute()
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot write to {path}: {existing} is not a directory")
+    probe = existing / f".synth-write-probe.{os.getpid()}"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise OutputError(f"cannot write to {path}: {err.strerror or err}") from None
+
+
 def check_writable(run_dir: Path) -> None:
     """Create ``run_dir`` and write a probe file there, so that an unusable output location is
     one clear error before any image is decoded."""

@@ -210,7 +210,7 @@ def test_output_directory_under_a_file_is_one_clear_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "synth", f"hydra.run.dir={run_dir}", "logger=none"],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 3
-    assert proc.stderr.strip() == f"error: cannot write to {run_dir}: Not a directory"
+    assert proc.stderr.strip() == f"error: cannot write to {run_dir}: {blocker} is not a directory"
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
