@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import html
 import json
+import itertools
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from synth.errors import ConfigError
-from synth.imaging import resize, to_uint8, with_alpha
+from synth.imaging import encode, resize, to_uint8, with_alpha
 from synth.sample import Sample
 
 MODES = ("online", "offline", "disabled")
@@ -68,6 +70,8 @@ class WandbLogger(NullLogger):
         self.failures: list[list[Any]] = []
         self.ms_sum: dict[str, float] = {}
         self.ms_count: dict[str, int] = {}
+        self.tmp: tempfile.TemporaryDirectory | None = None  # our PNGs, until W&B has copied them
+        self.tmp_names = itertools.count()
 
     # -- the run ---------------------------------------------------------------------------------
     def start(self, config: dict[str, Any], run_dir: str) -> None:
@@ -153,6 +157,9 @@ class WandbLogger(NullLogger):
         finally:
             # Always finish, failing when the job failed, so the next job of a multirun starts fresh.
             run.finish(exit_code=exit_code)
+            if self.tmp is not None:
+                self.tmp.cleanup()
+                self.tmp = None
             if self.mode_used == "offline":
                 print(f"synth: W&B run saved offline; upload it with: wandb sync {Path(run.dir).parent}",
                       flush=True)
@@ -166,6 +173,16 @@ class WandbLogger(NullLogger):
         scale = self.image_size / max(h, w)
         return resize(image, (max(1, round(h * scale)), max(1, round(w * scale))))
 
+    def _png(self, image: np.ndarray) -> str:
+        """Encode with OpenCV at PNG level 1 into a temporary file: about 6x faster than
+        wandb.Image's own PIL encoding of an array, and this runs on the pipeline's main thread."""
+        if self.tmp is None:
+            self.tmp = tempfile.TemporaryDirectory(prefix="synth-wandb-")
+        path = os.path.join(self.tmp.name, f"{next(self.tmp_names)}.png")
+        with open(path, "wb") as f:
+            f.write(encode(image, "png", 1))
+        return path
+
     def _images(self, sample: Sample) -> dict[str, Any]:
         """Every stage image of one sample, keyed by stage so W&B shows them side by side."""
         import wandb
@@ -174,9 +191,10 @@ class WandbLogger(NullLogger):
         small_mask = None if mask is None else self._fit(mask.astype(np.float32))
         out: dict[str, Any] = {}
 
-        def put(key: str, image: np.ndarray | None, caption: str = sid, **kwargs: Any) -> None:
+        def put(key: str, image: np.ndarray | str | None, caption: str = sid, **kwargs: Any) -> None:
             if image is not None:
-                out[key] = wandb.Image(image, caption=caption, **kwargs)
+                out[key] = wandb.Image(image if isinstance(image, str) else self._png(image), caption=caption,
+                                       **kwargs)
 
         def layer(image: np.ndarray | None) -> np.ndarray | None:
             """Subject layers as RGBA with the mask as alpha, as the folder writer stores them."""
@@ -184,7 +202,7 @@ class WandbLogger(NullLogger):
                 return None
             return with_alpha(self._fit(image), small_mask) if small_mask is not None else self._fit(image)
 
-        image = None if sample.image is None else self._fit(sample.image)
+        image = None if sample.image is None else self._png(self._fit(sample.image))  # encoded once, used twice
         put("stage_1/input_raw", image)
         if small_mask is not None:
             overlay = {"subject": {"mask_data": (small_mask >= 0.5).astype(np.uint8),
