@@ -39,9 +39,10 @@ class NullLogger:
 class WandbLogger(NullLogger):
     """``logger=wandb``: one W&B run per Hydra job, every stage image of the logged samples.
 
-    A sample is logged when its global index is a multiple of ``log_every_n``, up to
-    ``max_images`` samples per run: selecting by index (not by completion order) makes every
-    job of a sweep log the same inputs, so their images line up in the dashboard.
+    Every ``log_every_n``-th sample of the job's shard is logged, up to ``max_images`` per run.
+    The choice goes by global index (not completion order), so every job of a sweep logs the
+    same inputs and their images line up in the dashboard; and by position within the shard
+    (index // data.num_shards), so that every shard logs its share.
     """
 
     def __init__(self, project: str = "synth", entity: str | None = None, group: str | None = None,
@@ -65,6 +66,7 @@ class WandbLogger(NullLogger):
         self.image_size = None if image_size is None else int(image_size)
         self.run: Any = None
         self.mode_used = mode
+        self.num_shards = 1  # from data.num_shards at start
         self.step = 0  # W&B drops rows whose step goes backwards: never log below the highest seen
         self.rows: list[dict[str, Any]] = []
         self.failures: list[list[Any]] = []
@@ -83,6 +85,7 @@ class WandbLogger(NullLogger):
         if mode == "online" and not _has_credentials(wandb):
             mode = "offline"  # never prompt: a job must not wait for input on a cluster node
             print("synth: no W&B credentials (wandb login / WANDB_API_KEY); logging offline", flush=True)
+        self.num_shards = max(1, int((config.get("data") or {}).get("num_shards") or 1))
         hydra = _hydra_info()
         kwargs = dict(self.init_kwargs)
         kwargs["group"] = kwargs["group"] or hydra.get("group")
@@ -110,7 +113,7 @@ class WandbLogger(NullLogger):
         for stage, ms in sample.timings_ms.items():
             self.ms_sum[stage] = self.ms_sum.get(stage, 0.0) + ms
             self.ms_count[stage] = self.ms_count.get(stage, 0) + 1
-        if sample.index % self.log_every_n or len(self.rows) >= self.max_images:
+        if (sample.index // self.num_shards) % self.log_every_n or len(self.rows) >= self.max_images:
             return
         images = self._images(sample)
         raw_input = images.pop("stage_1/input_raw", None)  # the table's plain input; history shows the overlay

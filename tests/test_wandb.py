@@ -223,6 +223,15 @@ def test_log_every_n_and_max_images_bound_what_is_logged():
     assert logger.ms_count["segmentation"] == 10  # timings come from every finished sample
 
 
+def test_every_shard_logs_its_share():
+    """With data.num_shards=4 and log_every_n=4, shard 3 (indices 3, 7, 11, ...) still logs."""
+    logger = WandbLogger(log_every_n=4, max_images=10, image_size=16)
+    logger.run, logger.num_shards = FakeRun(), 4
+    for step, index in enumerate(range(3, 40, 4), start=1):
+        logger.log_sample(finished_sample(index), step)
+    assert [row["index"] for row in logger.rows] == [3, 19, 35]
+
+
 def test_flatten_params_gives_one_sortable_column_per_value():
     flat = flatten_params(finished_sample(0).params)
     assert flat == {"shadow.opacity": 0.3, "shadow.pattern": "cloud", "shadow.pattern_params.octaves": 4,
