@@ -13,7 +13,7 @@ import torch
 from synth.app import build
 from synth.errors import ConfigError
 from synth.stages.models.sam3 import Sam3
-from tests.conftest import compose_config, make_sample, sample_paths
+from tests.conftest import compose_config, make_sample, read_summary, run_synth, sample_paths
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +162,16 @@ def test_sam3_bad_config_is_one_line(tiny_sam3, override, message):
     with pytest.raises(ConfigError) as err:
         build(compose_config("segmentation=sam3", f"segmentation.model={tiny_sam3}", override), "segmentation")
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_sam3_job_end_to_end_through_the_cli(tiny_sam3, tmp_path):
+    """Code path of a whole job: the CLI loads the checkpoint once, batches the bundled photos
+    through SAM 3 (grabcut for any without a detection) and the rest of the pipeline."""
+    run_dir = tmp_path / "run"
+    run_synth(run_dir, "segmentation=sam3", f"segmentation.model={tiny_sam3}", "segmentation.threshold=0.2",
+              "segmentation.fallback=grabcut", "device=cpu", "batch_size=2")
+    summary = read_summary(run_dir)
+    assert summary["done"] == 4 and summary["failed"] == 0
+    for record in summary["samples"]:
+        assert (run_dir / "stage_1" / f"{record['image_id']}_mask.png").is_file()
+        assert record["params"]["segmentation"]["method"] == "sam3"
