@@ -145,10 +145,36 @@ def _fixed(frame: Frame, q: np.ndarray) -> np.ndarray:
 
 
 def _fill(canvas: np.ndarray, frame: Frame, polygons: np.ndarray | list, value: int = 255) -> None:
-    """Fill non-overlapping polygons (an array (K, N, 2) or a list of (N, 2), in q) in one call."""
+    """Fill non-overlapping polygons (an array (K, N, 2) or a list of (N, 2), in q) in one call.
+
+    Not antialiased: OpenCV's antialiased fill grows shapes by about 0.7 px, which biases the
+    coverage of small images; the penumbra blur smooths the edges anyway.
+    """
     pts = [_fixed(frame, p) for p in polygons]
     if pts:
-        cv2.fillPoly(canvas, pts, value, cv2.LINE_AA, _SHIFT)
+        cv2.fillPoly(canvas, pts, value, cv2.LINE_8, _SHIFT)
+
+
+def _strokes(canvas: np.ndarray, frame: Frame, start: np.ndarray, end: np.ndarray, w0: np.ndarray,
+             w1: np.ndarray | None = None) -> None:
+    """Segments from ``start`` to ``end`` (E x 2, in q), ``w0`` wide at the start and ``w1`` at
+    the end (q units), with round joints.
+
+    Drawn as filled trapezoids and discs rather than with OpenCV's thick lines, whose width only
+    comes in odd whole pixels (thickness 3 and 4 both draw 5 px): patterns must look the same at
+    every image size. One C call per segment: segments overlap at the joints, and a single
+    polygon call would cancel the overlaps (even-odd filling).
+    """
+    w1 = w0 if w1 is None else w1
+    d = end - start
+    normal = np.stack([-d[:, 1], d[:, 0]], axis=1) / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9)
+    h0, h1 = (normal * np.asarray(w0)[:, None] / 2), (normal * np.asarray(w1)[:, None] / 2)
+    quads = _fixed(frame, np.stack([start + h0, end + h1, end - h1, start - h0], axis=1))
+    scale = frame.side * frame.scale * (1 << _SHIFT)
+    for quad in quads:
+        cv2.fillConvexPoly(canvas, quad, 255, cv2.LINE_8, _SHIFT)
+    for centre, radius in zip(_fixed(frame, end), np.asarray(w1) * scale / 2):
+        cv2.circle(canvas, (int(centre[0]), int(centre[1])), int(round(radius)), 255, -1, cv2.LINE_8, _SHIFT)
 
 
 def _unit(canvas: np.ndarray) -> np.ndarray:
@@ -235,15 +261,19 @@ def window_frame(rng, frame):
     cu, cv = (float(x) for x in rng.uniform(-0.15, 0.15, 2))
     bar = float(rng.uniform(0.015, 0.035))
     skew = float(rng.uniform(-0.3, 0.3))
-    # Pane coordinates: integers on the bars, 0..cols / 0..rows inside the window.
-    v = frame.coordinate(90)
-    x = (frame.coordinate(0) + np.float32(skew) * v - np.float32(cu - width / 2)) * np.float32(cols / width)
-    y = (v - np.float32(cv - height / 2)) * np.float32(rows / height)
-    lit = (x > 0) & (x < cols) & (y > 0) & (y < rows)
-    lit &= np.abs(x - np.round(x)) * np.float32(width / cols) > bar / 2
-    lit &= np.abs(y - np.round(y)) * np.float32(height / rows) > bar / 2
-    return (~lit).astype(np.float32), {"cols": cols, "rows": rows, "width": width, "height": height,
-                                       "bar": bar, "skew": skew}
+
+    def at(x, y):  # pane coordinates (0..cols, 0..rows) -> q; the skew shears u along v
+        x, y = np.broadcast_arrays(np.asarray(x, float), np.asarray(y, float))
+        v = cv - height / 2 + y * height / rows
+        return np.stack([cu - width / 2 + x * width / cols - skew * v, v], axis=-1)
+
+    canvas = np.full((frame.h, frame.w), 255, np.uint8)
+    _fill(canvas, frame, [at([0, cols, cols, 0], [0, 0, rows, rows])], 0)
+    xs, ys = np.arange(cols + 1), np.arange(rows + 1)
+    starts = np.concatenate([at(xs, 0), at(0, ys)])
+    ends = np.concatenate([at(xs, rows), at(cols, ys)])
+    _strokes(canvas, frame, starts, ends, np.full(len(starts), bar))
+    return _unit(canvas), {"cols": cols, "rows": rows, "width": width, "height": height, "bar": bar, "skew": skew}
 
 
 @pattern("branch")
@@ -251,15 +281,12 @@ def branch(rng, frame):
     """4-8 branches entering from one side, tapering, each with 2-5 twigs."""
     n = int(rng.integers(4, 9))
     canvas = np.zeros((frame.h, frame.w), np.uint8)
-    px_per_q = frame.side * frame.scale
     side = float(rng.uniform(0, 2 * np.pi))  # where the tree is
     twig_total = 0
 
     def stroke(points: np.ndarray, t0: float, t1: float) -> None:
-        pix = _fixed(frame, points)
-        widths = np.linspace(t0, t1, len(points) - 1) * px_per_q
-        for a, b, t in zip(pix[:-1], pix[1:], widths):
-            cv2.line(canvas, tuple(map(int, a)), tuple(map(int, b)), 255, max(1, int(round(t))), cv2.LINE_AA, _SHIFT)
+        widths = np.linspace(t0, t1, len(points))
+        _strokes(canvas, frame, points[:-1], points[1:], widths[:-1], widths[1:])
 
     def walk(start: np.ndarray, heading: float, length: float, steps: int, wiggle: float) -> np.ndarray:
         headings = heading + np.cumsum(rng.normal(0, wiggle, steps))
@@ -310,14 +337,18 @@ def fence(rng, frame):
     top = float(rng.uniform(-0.45, 0.0))
     rail = float(rng.uniform(0.025, 0.05))
     rails = [top + float(rng.uniform(0.12, 0.25)), top + float(rng.uniform(0.55, 0.8))]
-    tip = 0.5 * width / pickets  # height of the point
-    u, v = frame.coordinate(0, pickets, float(rng.uniform(0, 1))), frame.coordinate(90)
-    off = np.abs(u - np.floor(u) - np.float32(0.5))  # 0 at a picket's centre line
-    half = np.float32(width / 2)
-    picket = (off < half) & (v > np.float32(top) + np.float32(tip / half) * off)
-    for r in rails:
-        picket |= (np.abs(v - np.float32(r)) < np.float32(rail / 2)) & (v > np.float32(top))
-    return picket.astype(np.float32), {"pickets": pickets, "width": width, "top": top, "rail": rail}
+    phase = float(rng.uniform(0, 1))
+    u0, v0, u1, v1 = frame.box()
+    spacing = 1.0 / pickets
+    half, tip = width * spacing / 2, width * spacing / 2  # the point rises as high as it is wide
+    centres = (np.arange(np.floor(u0 * pickets + phase) - 1, np.ceil(u1 * pickets + phase) + 1) + 0.5 - phase) * spacing
+    bottom = v1 + 1.0
+    outline = np.array([[-half, bottom], [-half, top + tip], [0.0, top], [half, top + tip], [half, bottom]])
+    canvas = np.zeros((frame.h, frame.w), np.uint8)
+    _fill(canvas, frame, centres[:, None, None] * [1.0, 0.0] + outline[None])
+    ends = np.array([[u0 - 1.0, r] for r in rails]), np.array([[u1 + 1.0, r] for r in rails])
+    _strokes(canvas, frame, ends[0], ends[1], np.full(2, rail))
+    return _unit(canvas), {"pickets": pickets, "width": width, "top": top, "rail": rail}
 
 
 @pattern("voronoi")
@@ -329,7 +360,10 @@ def voronoi(rng, frame):
     u0, v0, u1, v1 = frame.box()
     visible = frame.h * frame.w / (frame.side * frame.scale) ** 2
     n = max(4, int(round(cells * (u1 - u0) * (v1 - v0) / visible)))
-    seeds = rng.uniform([u0, v0], [u1, v1], size=(n, 2))
+    # One row per seed (position, shaded?): n depends on the image's aspect, and drawing
+    # everything per seed keeps the first seeds identical whatever n is.
+    draws = rng.random((n, 3))
+    seeds = np.array([u0, v0]) + draws[:, :2] * [u1 - u0, v1 - v0]
     # Subdiv2D works on integer rectangles: use milli-units.
     subdiv = cv2.Subdiv2D((int(np.floor(u0 * 1000)) - 10, int(np.floor(v0 * 1000)) - 10,
                            int(np.ceil((u1 - u0) * 1000)) + 20, int(np.ceil((v1 - v0) * 1000)) + 20))
@@ -337,10 +371,10 @@ def voronoi(rng, frame):
     facets, _ = subdiv.getVoronoiFacetList([])
     facets = [np.asarray(f, np.float64) / 1000 for f in facets]
     canvas = np.zeros((frame.h, frame.w), np.uint8)
-    shaded = rng.random(len(facets)) < fill
+    shaded = draws[:, 2] < fill  # facets come in insertion order
     _fill(canvas, frame, [f for f, s in zip(facets, shaded) if s])
-    thickness = max(1, int(round(wall * frame.side * frame.scale)))
-    cv2.polylines(canvas, [_fixed(frame, f) for f in facets], True, 255, thickness, cv2.LINE_AA, _SHIFT)
+    edges = np.concatenate([np.stack([f, np.roll(f, -1, axis=0)], axis=1) for f in facets])
+    _strokes(canvas, frame, edges[:, 0], edges[:, 1], np.full(len(edges), wall))
     return _unit(canvas), {"cells": cells, "wall": wall, "fill": fill}
 
 
@@ -379,7 +413,7 @@ def cloud(rng, frame):
         np.maximum(canvas, blob, out=canvas)
     matte = cv2.GaussianBlur(_unit(canvas), (0, 0), max(0.5, softness * small.side * small.scale))
     matte = cv2.resize(matte, (frame.w, frame.h), interpolation=cv2.INTER_LINEAR)
-    return matte, {"blobs": blobs, "softness": softness}
+    return np.clip(matte, 0.0, 1.0, out=matte), {"blobs": blobs, "softness": softness}
 
 
 @pattern("screen")
