@@ -22,15 +22,40 @@ PATTERN_WORDS = {
 }
 
 
+# Where the light comes from, by azimuth sector (degrees counter-clockwise from the right).
+LIGHT_WORDS = ("right-side", "upper-right", "top", "upper-left", "left-side", "lower-left", "bottom", "lower-right")
+
+
+def _shadow_phrase(params: dict) -> str:
+    """'the dark soft striped shadow' from a hard-shadow record."""
+    blur, opacity = params.get("blur", 71), params.get("opacity", 0.5)
+    edge = "crisp" if blur < 51 else "soft" if blur < 91 else "very soft"
+    strength = "faint " if opacity < 0.4 else "dark " if opacity > 0.6 else ""
+    pattern = PATTERN_WORDS.get(params.get("pattern"), str(params.get("pattern", "")).replace("_", " "))
+    return f"the {strength}{edge} {pattern} shadow".replace("  ", " ")
+
+
+def _light_phrase(params: dict) -> str:
+    """'the strong upper-left lighting and highlights' from a soft-shading record."""
+    elevation = params.get("elevation", 45)
+    sector = int(((params.get("azimuth", 0) + 22.5) % 360) // 45)
+    direction = "frontal" if elevation >= 65 else LIGHT_WORDS[sector]
+    strength = "strong" if params.get("ambient", 0.7) < 0.7 else "soft"
+    shine = " and highlights" if params.get("specular") else ""
+    return f"the {strength} {direction} lighting{shine}"
+
+
 def describe_degradation(sample: Sample) -> str:
-    """A short noun phrase for what stage 3 did, e.g. 'the soft striped shadow'."""
+    """A short noun phrase for what stage 3 did, e.g. 'the soft striped shadow', 'the strong
+    left-side lighting', 'the soft top lighting and the faint dappled leaf shadow'."""
     params = sample.params.get("shadow", {})
+    if "soft_shading" in params and "hard_shadow" in params:  # shadow=mix drew both
+        return f"{_light_phrase(params['soft_shading'])} and {_shadow_phrase(params['hard_shadow'])}"
     if sample.degradation_type == "hard_shadow" or "pattern" in params:
-        blur, opacity = params.get("blur", 71), params.get("opacity", 0.35)
-        edge = "crisp" if blur < 51 else "soft" if blur < 91 else "very soft"
-        strength = "faint " if opacity < 0.3 else "dark " if opacity > 0.42 else ""
-        pattern = PATTERN_WORDS.get(params.get("pattern"), str(params.get("pattern", "")).replace("_", " "))
-        return f"the {strength}{edge} {pattern} shadow".replace("  ", " ")
+        return _shadow_phrase(params)
+    if "azimuth" in params:
+        cast = params.get("cast_shadow")
+        return _light_phrase(params) + (f" and {_shadow_phrase(cast)}" if cast else "")
     if sample.degradation_type:
         return f"the {sample.degradation_type.replace('_', ' ')}"
     return "the lighting change"

@@ -51,6 +51,7 @@ def inflate(mask: np.ndarray) -> np.ndarray:
 def normals_from_height(height: np.ndarray) -> np.ndarray:
     """HxWx3 unit normals (x right, y down, z towards the viewer) of a height field given in
     pixels: n = (-dh/dx, -dh/dy, 1) / |...|."""
+    height = height.astype(np.float32, copy=False)
     gx = cv2.Sobel(height, cv2.CV_32F, 1, 0, ksize=3, scale=1 / 8)
     gy = cv2.Sobel(height, cv2.CV_32F, 0, 1, ksize=3, scale=1 / 8)
     n = np.dstack([-gx, -gy, np.ones_like(height)])
@@ -74,8 +75,8 @@ def height_from_depth(depth: np.ndarray, mask: np.ndarray, near_is_larger: bool 
     values = depth[inside] if inside.sum() > 16 else depth.ravel()
     lo, hi = np.percentile(values, [2, 98])
     size = float(np.sqrt(max(inside.sum(), 1)))
-    height = np.clip((depth - lo) / max(hi - lo, 1e-6), 0.0, 1.0) * np.float32(relief * size)
-    return cv2.GaussianBlur(height, (0, 0), 1.5)
+    height = np.clip((depth - lo) / max(hi - lo, 1e-6), 0.0, 1.0) * (relief * size)
+    return cv2.GaussianBlur(height.astype(np.float32), (0, 0), 1.5)
 
 
 class DepthModel:
