@@ -1,0 +1,90 @@
+"""Stage 3 timings: ``python -m synth.bench shadow [--size 1024] [--repeats 15]``.
+
+Prints, as medians of ``--repeats`` runs in this process:
+
+* each pattern family drawn at SIZE x SIZE (affine included, penumbra not);
+* stage 3 (``shadow=hard``: pattern, penumbra, colour, sRGB <-> linear) on the bundled portrait
+  resized to SIZE x SIZE with a soft subject mask, at blur kernel 31 and at kernel 111. The two
+  kernels alternate run by run with the same images and patterns, so their ratio is measured
+  under the same machine load;
+* ``shadow=soft_shading`` and ``shadow=mix`` on the same input, for reference.
+
+Numbers only, no assertions: compare runs on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import cv2
+import numpy as np
+
+from synth.data import SAMPLES_DIR
+from synth.imaging import open_rgb
+from synth.sample import Sample
+from synth.stages.patterns import PATTERNS, render
+from synth.stages.shadow import HardShadow, Mix, SoftShading
+
+
+def portrait(size: int) -> Sample:
+    """The bundled portrait at size x size with a soft, centred subject mask (no stage 1 cost)."""
+    sample = Sample(index=0, id="000000", source="astronaut.jpg", seed=0)
+    sample.image = cv2.resize(open_rgb(str(SAMPLES_DIR / "astronaut.jpg")), (size, size),
+                              interpolation=cv2.INTER_CUBIC)
+    yy, xx = np.mgrid[0:size, 0:size]
+    r = np.hypot((yy - size * 0.55) / size, (xx - size / 2) / size)
+    sample.mask = np.clip((0.42 - r) / 0.04, 0.0, 1.0).astype(np.float32)
+    sample.albedo = sample.image
+    return sample
+
+
+def ms(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return 1000.0 * (time.perf_counter() - start)
+
+
+def run_stage(stage, template: Sample, index: int) -> None:
+    sample = copy.copy(template)
+    sample.index, sample.params = index, {}
+    stage.process([sample])
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m synth.bench shadow", description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args(argv)
+    size, repeats = args.size, args.repeats
+
+    print(f"stage 3 benchmark at {size}x{size}, medians of {repeats} runs ({cv2.getNumThreads()} OpenCV threads)")
+    times: dict[str, list[float]] = {name: [] for name in PATTERNS}
+    for i in range(repeats):  # families interleaved, so load changes hit them all alike
+        for name in PATTERNS:
+            times[name].append(ms(lambda: render(name, np.random.default_rng(i), size, size)))
+    print("pattern            ms")
+    for name, values in times.items():
+        print(f"  {name:16s} {statistics.median(values):6.1f}")
+
+    template = portrait(size)
+    stages = {
+        "hard, kernel 31": HardShadow(base="foreground", blur=31),
+        "hard, kernel 111": HardShadow(base="foreground", blur=111),
+        "soft_shading": SoftShading(base="foreground"),
+        "mix": Mix(HardShadow(base="foreground", key="shadow.hard"),
+                   SoftShading(base="foreground", key="shadow.soft_shading")),
+    }
+    for stage in stages.values():  # warm-up: first-call allocations and imports
+        run_stage(stage, template, 0)
+    stage_times: dict[str, list[float]] = {name: [] for name in stages}
+    for i in range(repeats):
+        for name, stage in stages.items():  # the same image index (hence pattern) for every stage
+            stage_times[name].append(ms(lambda: run_stage(stage, template, i)))
+    print("stage 3            ms")
+    med = {name: statistics.median(values) for name, values in stage_times.items()}
+    for name, value in med.items():
+        print(f"  {name:16s} {value:6.1f}")
+    print(f"kernel 111 / kernel 31: {med['hard, kernel 111'] / med['hard, kernel 31']:.2f}x")
