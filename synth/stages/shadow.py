@@ -162,7 +162,7 @@ class SoftShading(Stage):
     provides = ("degraded", "shadow_matte")
 
     def __init__(self, base: str = "albedo", ambient=(0.6, 0.85), elevation=(10.0, 80.0),
-                 azimuth=(0.0, 360.0), specular_chance=0.3, specular=(0.05, 0.25), shininess=(8.0, 40.0),
+                 azimuth=(0.0, 360.0), specular_chance=0.3, specular=(0.05, 0.2), shininess=(16.0, 64.0),
                  normals: str = "inflate", depth_model: str | None = None, relief: float = 0.5,
                  cast_chance=0.3, cast: "HardShadow | dict | None" = None, key: str = "shadow"):
         self.requires = _check_base(key, base)
