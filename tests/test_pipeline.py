@@ -18,7 +18,7 @@ REFERENCE_FILES = [
     "outputs/{id}_background.png", "outputs/{id}_metadata.json",
 ]
 # Keys that switch stage 3's optional effects off, so its attenuation is exactly the opacity.
-NEUTRAL: list[str] = []
+NEUTRAL: list[str] = ["shadow.color=neutral", "shadow.variation=0", "shadow.blur_growth=1"]
 REFERENCE_KEYS = {"image_id", "original", "foreground", "background", "albedo", "degraded_foreground",
                   "composite_image", "degradation_type", "degradation_metadata"}
 
