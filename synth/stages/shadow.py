@@ -21,7 +21,7 @@ from synth.params import Param
 from synth.sample import Sample
 from synth.stages.base import Stage
 from synth.stages.normals import DepthModel, height_from_depth, inflate, normals_from_height, work_size
-from synth.stages.patterns import PATTERNS, Frame, fractal_noise
+from synth.stages.patterns import PATTERNS, fractal_noise, render
 from synth.stages.shading import COLORS, blocked_fraction, darken, lambert_phong, light_direction, penumbra, upsample
 
 BASES = ("albedo", "foreground")
@@ -98,9 +98,7 @@ class CastShadow:
         tint = self.tint.sample(seed, index) if color == "sky" else 0.0
         variation = self.variation.sample(seed, index)
 
-        rng = sample.rng(f"{key}.pattern.{name}")
-        frame = Frame.sample(rng, h, w)
-        hard, pattern_params = PATTERNS[name](rng, frame)
+        hard, pattern_params = render(name, sample.rng(f"{key}.pattern.{name}"), h, w)
         sigma = kernel_to_sigma(blur) * max(h, w) / self.reference_size
         direction = float(sample.rng(f"{key}.blur_growth_direction").uniform(0, 360))
         matte = penumbra(hard, sigma, growth, direction) * sample.mask
@@ -115,7 +113,7 @@ class CastShadow:
         params = {"type": "hard_shadow", "pattern": name, "opacity": opacity, "color": color, "tint": tint,
                   "umbra_scale": [round(float(1 - b), 6) for b in blocked], "blur": blur, "sigma_px": sigma,
                   "blur_growth": growth, "blur_growth_direction": direction, "variation": variation,
-                  "pattern_params": {**pattern_params, "affine": frame.params()}}
+                  "pattern_params": pattern_params}
         return linear, matte, params
 
 
