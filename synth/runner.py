@@ -97,11 +97,19 @@ class Runner:
         start = time.perf_counter()
         images = EncodedImages(sample)
         record: dict[str, Any] | None = None
-        for writer in self.writers:
-            if self.resume and hasattr(writer, "is_complete") and writer.is_complete(sample.id):
-                continue  # resumed for another writer: this one has it already
-            written = writer.write(sample, images)
-            record = record or written  # the first writer's record (the folder's has file paths)
+        done: list[Any] = []
+        try:
+            for writer in self.writers:
+                if self.resume and hasattr(writer, "is_complete") and writer.is_complete(sample.id):
+                    continue  # resumed for another writer: this one has it already
+                written = writer.write(sample, images)
+                done.append(writer)
+                record = record or written  # the first writer's record (the folder's has file paths)
+        except BaseException:
+            for writer in done:  # a failed sample leaves no files, whichever writer failed
+                if hasattr(writer, "discard"):
+                    writer.discard(sample.id)
+            raise
         sample.timings_ms["write"] = 1000.0 * (time.perf_counter() - start)
         return record or sample_record(sample, {})
 

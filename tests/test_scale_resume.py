@@ -67,9 +67,11 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
 def test_rerun_skips_complete_samples_and_resume_false_starts_over(tmp_path):
     inputs = make_inputs(tmp_path / "inputs", 2)
     run_dir = tmp_path / "run"
-    args = ["data=folder", f"data.path={inputs}", "writers=[webdataset]"]
+    args = ["data=folder", f"data.path={inputs}", "writers=[webdataset,hf]"]
     run_synth(run_dir, *args)
     first = result_files(run_dir)
+    shards = sorted([*run_dir.glob("webdataset/*.tar"), *run_dir.glob("hf/data/*.parquet")])
+    first_shards = {p.name: p.read_bytes() for p in shards}
 
     run_synth(run_dir, *args)
     summary = read_summary(run_dir)
@@ -79,8 +81,10 @@ def test_rerun_skips_complete_samples_and_resume_false_starts_over(tmp_path):
     summary = read_summary(run_dir)
     assert (summary["done"], summary["skipped_complete"]) == (2, 0)
     assert_same_results(result_files(run_dir), first)
-    tar_ids, _ = dataset_ids(run_dir)
-    assert sorted(tar_ids) == ["000000", "000001"]  # the earlier shard was replaced, not kept beside
+    tar_ids, parquet_ids = dataset_ids(run_dir)
+    assert tar_ids == parquet_ids == ["000000", "000001"]  # the earlier shards were replaced, not kept beside
+    shards = sorted([*run_dir.glob("webdataset/*.tar"), *run_dir.glob("hf/data/*.parquet")])
+    assert {p.name: p.read_bytes() for p in shards} == first_shards  # the same job, the same bytes
 
 
 def test_a_sample_missing_from_one_writer_is_written_to_that_writer_only(tmp_path):

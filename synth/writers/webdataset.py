@@ -3,7 +3,8 @@
 Each sample is stored under its id (the key, which has no dots) with the fields
 ``input_image.<ext>`` (the degraded composite: the training input), ``edited_image.<ext>`` (the
 original photo: the target), ``mask.<ext>``, ``edit_prompt.txt`` and ``json`` (the per-sample
-record, whose file entries name these fields); ``intermediates=true`` adds the stage layers.
+record without timings, whose file entries name these fields); ``intermediates=true`` adds
+the stage layers.
 Shards are ``shard-{data.shard_index:04d}-{seq:06d}.tar`` and appear only when complete.
 """
 
@@ -54,7 +55,9 @@ class WebDatasetWriter(ShardedWriter):
                 files[layer] = f"{field}.{self.format}"
         if sample.caption is not None:
             row["edit_prompt.txt"] = sample.caption.encode()
-        row["json"] = to_json(sample_record(sample, files)).encode()
+        record = sample_record(sample, files)
+        del record["timings_ms"]  # wall-clock: would make the same job's shards differ from run to run
+        row["json"] = to_json(record).encode()
         return row
 
     def _append(self, sample: Sample, row: dict) -> None:
