@@ -160,3 +160,27 @@ def test_progress_bar_on_a_terminal(capsys):
             progress.update(ok)
     err = capsys.readouterr().err
     assert "3/3" in err and "img/s" in err and "failed=1" in err
+
+
+def test_each_image_is_encoded_once_for_all_writers(tmp_path, monkeypatch):
+    import synth.writers.encoded as encoded_module
+    from synth.writers.encoded import EncodedImages
+    from synth.writers.folder import FolderWriter
+    from synth.writers.hf import HFDatasetWriter
+    from synth.writers.webdataset import WebDatasetWriter
+    from tests.conftest import make_sample, soft_disc_mask
+
+    sample = make_sample(size=64)
+    sample.mask = sample.shadow_matte = soft_disc_mask(64, 64)
+    sample.foreground = sample.background = sample.albedo = sample.degraded = sample.composite = sample.image
+    sample.caption = "remove the shadow"
+    calls = []
+    real_encode = encoded_module.encode
+    monkeypatch.setattr(encoded_module, "encode", lambda image, *a: calls.append(1) or real_encode(image, *a))
+    writers = [FolderWriter(), WebDatasetWriter(), HFDatasetWriter()]
+    images = EncodedImages(sample)
+    for writer in writers:
+        writer.open(tmp_path)
+        writer.write(sample, images)
+    assert len(calls) == 8  # the folder's eight layers; the tar and the parquet row reuse three of them
+    assert (tmp_path / "outputs/000000_output.png").stat().st_nlink == 2  # a hard link, not a copy
