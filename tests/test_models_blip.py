@@ -11,6 +11,7 @@ import torch
 
 from synth.app import build
 from synth.errors import ConfigError
+from synth.stages.captioning import describe_degradation
 from synth.stages.models.blip import Blip
 from tests.conftest import compose_config, make_sample, sample_paths
 
@@ -72,7 +73,7 @@ def test_blip_batch_of_two_photos_equals_one_at_a_time(tiny_blip, prompt):
         assert batched.ok, batched.error
         caption = batched.params["captioning"]["caption"]
         assert isinstance(caption, str) and caption and "\n" not in caption
-        assert batched.caption == f"remove the soft striped shadow from {caption}"
+        assert batched.caption == f"remove {describe_degradation(batched)} from {caption}"
         assert batched.params["captioning"] == {"method": "blip", "model": str(tiny_blip), "caption": caption}
         if prompt:
             assert caption.startswith(prompt)  # BLIP continues the conditional prefix
@@ -84,7 +85,7 @@ def test_blip_template_and_config_errors(tiny_blip):
                        "captioning.subject=astronaut")
     batch = two_photos()[:1]
     stage.process(batch)
-    assert batch[0].caption.endswith("(astronaut, the soft striped shadow)")
+    assert batch[0].caption.endswith(f"(astronaut, {describe_degradation(batch[0])})")
     with pytest.raises(ConfigError, match=r"^captioning.template='\{keywords\}': only \{degradation\}, \{subject\}, "
                                           r"\{caption\} may be used"):
         Blip(model=str(tiny_blip), template="{keywords}")

@@ -10,6 +10,7 @@ import torch
 
 from synth.app import build
 from synth.errors import ConfigError
+from synth.stages.captioning import describe_degradation
 from synth.stages.models.vlm import Vlm
 from tests.conftest import compose_config, make_sample, sample_paths
 
@@ -90,7 +91,7 @@ def test_vlm_batch_of_two_photos_equals_one_at_a_time(tiny_vlm):
         assert batched.ok, batched.error
         keywords = batched.params["captioning"]["keywords"]
         assert isinstance(keywords, str) and keywords == keywords.lower() and "\n" not in keywords
-        assert batched.caption == f"remove the dark crisp dappled leaf shadow from the subject, lighting: {keywords}"
+        assert batched.caption == f"remove {describe_degradation(batched)} from the subject, lighting: {keywords}"
         assert single.caption == batched.caption
 
 
