@@ -81,6 +81,7 @@ def test_blip_batch_of_two_photos_equals_one_at_a_time(tiny_blip, prompt):
 
 
 def test_blip_template_and_config_errors(tiny_blip):
+    """Code path, not quality: the template's placeholders are filled; bad values are one line."""
     stage = make_stage(tiny_blip, "captioning.template='{caption} ({subject}, {degradation})'",
                        "captioning.subject=astronaut")
     batch = two_photos()[:1]

@@ -87,6 +87,7 @@ def test_sam_auto_keeps_the_largest_central_mask(tiny_sam):
 
 
 def test_sam_architecture_is_read_off_the_checkpoint(tiny_sam):
+    """Code path, not quality: model_type=auto reads the architecture; a wrong model_type is one line."""
     state = torch.load(tiny_sam, weights_only=True)
     assert architecture(state) == (32, 2, 2, (1,))
     with pytest.raises(ConfigError, match=r"segmentation.model_type=vit_b: the checkpoint is a non-standard "
