@@ -97,6 +97,9 @@ def main(cfg: DictConfig) -> None:
     except OutputError as err:  # not writable, disk full: one line, no traceback
         print(f"error: {printable(str(err))}", file=sys.stderr)
         raise SystemExit(EXIT_OUTPUT_ERROR) from None
+    except ConfigError as err:  # found in a stage's setup(), e.g. gated or missing model weights
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(format_summary(summary))
     if summary["exit_code"]:
         raise SystemExit(summary["exit_code"])

@@ -13,7 +13,8 @@ from tests.conftest import compose_config, run_synth
 GROUPS = ("data", "segmentation", "albedo", "shadow", "recombine", "captioning", "writer", "logger")
 # Options that cannot be built without something the user supplies.
 REQUIRED = {("data", "folder"): ["data.path={samples}"], ("data", "csv"): None,
-            ("segmentation", "mask_folder"): ["segmentation.path={samples}"]}
+            ("segmentation", "mask_folder"): ["segmentation.path={samples}"],
+            ("segmentation", "sam"): ["segmentation.checkpoint={samples}/astronaut.jpg"]}  # exists; loads in setup
 
 
 def group_options():
