@@ -58,6 +58,25 @@ def make_sample(path: Path | None = None, index: int = 0, seed: int = 0, size: i
     return sample
 
 
+def two_photos(shadow: dict | None = None) -> list[Sample]:
+    """The first two bundled photos as samples 0 and 1; ``shadow`` fills what stage 3 would record."""
+    batch = [make_sample(p, index=i) for i, p in enumerate(sample_paths()[:2])]
+    for sample in batch if shadow else []:
+        sample.degradation_type = "hard_shadow"
+        sample.params["shadow"] = dict(shadow)
+    return batch
+
+
+def batched_and_single(stage, make_batch) -> tuple[list[Sample], list[Sample]]:
+    """Run ``stage`` on one batch, and on a fresh copy of it one sample at a time."""
+    batch = make_batch()
+    stage.process(batch)
+    singles = make_batch()
+    for sample in singles:
+        stage.process([sample])
+    return batch, singles
+
+
 def soft_disc_mask(h: int, w: int, radius: float = 0.35, edge: float = 0.05) -> np.ndarray:
     """A centred disc whose edge ramps from 1 to 0 (tests soft-edge handling)."""
     yy, xx = np.mgrid[0:h, 0:w]

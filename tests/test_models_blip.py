@@ -13,7 +13,11 @@ from synth.app import build
 from synth.errors import ConfigError
 from synth.stages.captioning import describe_degradation
 from synth.stages.models.blip import Blip
-from tests.conftest import compose_config, make_sample, sample_paths
+from tests.conftest import batched_and_single, compose_config, two_photos
+
+
+def photos():
+    return two_photos({"pattern": "venetian_blind", "blur": 71, "opacity": 0.35})
 
 
 @pytest.fixture(scope="module")
@@ -50,25 +54,13 @@ def make_stage(path, *overrides):
     return stage
 
 
-def two_photos():
-    batch = [make_sample(p, index=i) for i, p in enumerate(sample_paths()[:2])]
-    for sample in batch:  # what stage 3 records, read by the {degradation} placeholder
-        sample.degradation_type = "hard_shadow"
-        sample.params["shadow"] = {"pattern": "venetian_blind", "blur": 71, "opacity": 0.35}
-    return batch
-
-
 @pytest.mark.parametrize("prompt", [None, "a photo of"])
 def test_blip_batch_of_two_photos_equals_one_at_a_time(tiny_blip, prompt):
     """Code path, not quality: captions are strings in the template, the same batched or alone."""
     overrides = [f"captioning.prompt='{prompt}'"] if prompt else []
     stage = make_stage(tiny_blip, *overrides)
     assert isinstance(stage, Blip) and stage.dtype == torch.float32
-    batch = two_photos()
-    stage.process(batch)
-    singles = two_photos()
-    for sample in singles:
-        stage.process([sample])
+    batch, singles = batched_and_single(stage, photos)
     for batched, single in zip(batch, singles):
         assert batched.ok, batched.error
         caption = batched.params["captioning"]["caption"]
@@ -84,7 +76,7 @@ def test_blip_template_and_config_errors(tiny_blip):
     """Code path, not quality: the template's placeholders are filled; bad values are one line."""
     stage = make_stage(tiny_blip, "captioning.template='{caption} ({subject}, {degradation})'",
                        "captioning.subject=astronaut")
-    batch = two_photos()[:1]
+    batch = photos()[:1]
     stage.process(batch)
     assert batch[0].caption.endswith(f"(astronaut, {describe_degradation(batch[0])})")
     with pytest.raises(ConfigError, match=r"^captioning.template='\{keywords\}': only \{degradation\}, \{subject\}, "

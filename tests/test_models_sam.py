@@ -12,7 +12,7 @@ import torch
 from synth.app import build
 from synth.errors import ConfigError
 from synth.stages.models.sam import ARCHITECTURES, Sam, architecture
-from tests.conftest import compose_config, make_sample, run_synth, sample_paths
+from tests.conftest import batched_and_single, compose_config, make_sample, run_synth, sample_paths, two_photos
 
 
 @pytest.fixture(scope="module")
@@ -36,20 +36,12 @@ def make_stage(checkpoint, *overrides):
     return stage
 
 
-def two_photos():
-    return [make_sample(p, index=i) for i, p in enumerate(sample_paths()[:2])]
-
-
 @pytest.mark.parametrize("prompt", ["center_point", "box"])
 def test_sam_batch_of_two_photos_equals_one_at_a_time(tiny_sam, prompt):
     """Code path, not quality: one batched image-encoder pass, prompt per image, image-sized mask."""
     stage = make_stage(tiny_sam, f"segmentation.prompt={prompt}")
     assert isinstance(stage, Sam) and stage.dtype == torch.float32
-    batch = two_photos()
-    stage.process(batch)
-    singles = two_photos()
-    for sample in singles:
-        stage.process([sample])
+    batch, singles = batched_and_single(stage, two_photos)
     for batched, single in zip(batch, singles):
         for sample in (batched, single):
             if not sample.ok:  # random weights may return an empty mask: then it must say so

@@ -13,7 +13,7 @@ import torch
 from synth.app import build
 from synth.errors import ConfigError
 from synth.stages.models.sam3 import Sam3
-from tests.conftest import compose_config, make_sample, read_summary, run_synth, sample_paths
+from tests.conftest import compose_config, make_sample, read_summary, run_synth, sample_paths, two_photos
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +58,6 @@ def make_stage(path, *overrides):
                   "segmentation")
     stage.setup("cpu")
     return stage
-
-
-def two_photos():
-    return [make_sample(p, index=i) for i, p in enumerate(sample_paths()[:2])]
 
 
 def test_sam3_batch_of_two_photos_gives_image_sized_soft_masks(tiny_sam3):

@@ -12,7 +12,7 @@ from synth.app import build
 from synth.errors import ConfigError
 from synth.stages.captioning import describe_degradation
 from synth.stages.models.vlm import Vlm
-from tests.conftest import compose_config, make_sample, sample_paths
+from tests.conftest import batched_and_single, compose_config, two_photos
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
             "<|video_pad|>"]
@@ -23,6 +23,10 @@ CHAT_TEMPLATE = (
     "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
     "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def photos():
+    return two_photos({"pattern": "tree_foliage", "blur": 41, "opacity": 0.45})
 
 
 @pytest.fixture(scope="module")
@@ -68,25 +72,13 @@ def make_stage(path, *overrides):
     return stage
 
 
-def two_photos():
-    batch = [make_sample(p, index=i) for i, p in enumerate(sample_paths()[:2])]
-    for sample in batch:
-        sample.degradation_type = "hard_shadow"
-        sample.params["shadow"] = {"pattern": "tree_foliage", "blur": 41, "opacity": 0.45}
-    return batch
-
-
 def test_vlm_batch_of_two_photos_equals_one_at_a_time(tiny_vlm):
     """Code path, not quality: differently sized photos give different numbers of image tokens,
     so the batch is left-padded; every sample's keywords match its one-at-a-time run."""
     stage = make_stage(tiny_vlm)
     assert isinstance(stage, Vlm) and type(stage.model).__name__ == "Qwen2VLForConditionalGeneration"
     assert stage.chat.endswith("<|im_start|>assistant\n") and "<|image_pad|>" in stage.chat
-    batch = two_photos()
-    stage.process(batch)
-    singles = two_photos()
-    for sample in singles:
-        stage.process([sample])
+    batch, singles = batched_and_single(stage, photos)
     for batched, single in zip(batch, singles):
         assert batched.ok, batched.error
         keywords = batched.params["captioning"]["keywords"]
@@ -98,11 +90,11 @@ def test_vlm_batch_of_two_photos_equals_one_at_a_time(tiny_vlm):
 def test_vlm_keywords_are_normalised_and_empty_answers_fail(tiny_vlm):
     """The answer becomes one comma-separated, lower-case list; an empty answer fails the sample."""
     stage = make_stage(tiny_vlm, "captioning.template='{keywords}'")
-    sample = two_photos()[0]
+    sample = photos()[0]
     stage.apply(sample, "Soft Window Light; from the left.\n- indoor\n")
     assert sample.caption == "soft window light, from the left"
     stage.infer = lambda chunk: [" \n"] * len(chunk)
-    batch = two_photos()
+    batch = photos()
     stage.process(batch)
     assert [s.error for s in batch] == ["SampleError: vlm generated no text"] * 2 and batch[0].caption is None
 

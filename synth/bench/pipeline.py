@@ -51,6 +51,13 @@ def prepare_inputs(workdir: Path, count: int = 16, size: int = 1024) -> tuple[Pa
     return images_dir, masks_dir
 
 
+def masked_job(workdir: Path, count: int, size: int, extra: list[str]) -> list[str]:
+    """Prepare the inputs in ``workdir``; return the overrides of a job over them, masks given."""
+    images_dir, masks_dir = prepare_inputs(workdir, count, size)
+    return ["data=folder", f"data.path={images_dir}", "segmentation=mask_folder",
+            f"segmentation.path={masks_dir}", *extra]
+
+
 def time_run(run_dir: Path, overrides: list[str]) -> dict:
     """Run one ``python -m synth`` job into ``run_dir``; return its summary (metadata.json)."""
     cmd = [sys.executable, "-m", "synth", f"hydra.run.dir={run_dir}", "logger=none", *overrides]
@@ -112,9 +119,7 @@ def main(argv: list[str]) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        images_dir, masks_dir = prepare_inputs(tmp, args.count, args.size)
-        base = ["data=folder", f"data.path={images_dir}", "segmentation=mask_folder",
-                f"segmentation.path={masks_dir}", *args.overrides]
+        base = masked_job(tmp, args.count, args.size, args.overrides)
         print(f"synth pipeline benchmark: {args.count} images of {args.size}x{args.size}, "
               f"masks given, all artifacts written, {args.repeats} runs")
         rates, stage_ms = [], {}
@@ -128,6 +133,6 @@ def main(argv: list[str]) -> None:
         print(f"synth: {rate:.2f} images/s (median of {args.repeats})")
         print("  per-image ms (median): " + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in stage_ms.items()))
         if args.baseline_count:
-            ref = bench_reference(images_dir, masks_dir, args.baseline_count)
+            ref = bench_reference(tmp / "images", tmp / "masks", args.baseline_count)
             print(f"reference re-implementation: {ref:.3f} images/s ({args.baseline_count} images)")
             print(f"speed-up: {rate / ref:.1f}x")

@@ -1,6 +1,6 @@
 """End-to-end images/s for each writer, with 1 and 2 parallel jobs: ``python -m synth.bench scale``.
 
-Inputs are those of the pipeline benchmark (``prepare_inputs``: SIZE px photos with masks given).
+Inputs are those of the pipeline benchmark (``masked_job``: SIZE px photos with masks given).
 Each measurement is a real ``python -m synth`` job (``time_run``); N parallel jobs are the N
 shards of the input (``data.num_shards=N data.shard_index=i``) started together, as a local
 multirun does, and their rate is all images over the slowest job's own clock. Prints a
@@ -15,7 +15,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from synth.bench.pipeline import prepare_inputs, time_run
+from synth.bench.pipeline import masked_job, time_run
 
 WRITERS = {
     "folder (every stage image)": [],
@@ -50,9 +50,7 @@ def main(argv: list[str]) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        images_dir, masks_dir = prepare_inputs(tmp, args.count, args.size)
-        base = ["data=folder", f"data.path={images_dir}", "segmentation=mask_folder",
-                f"segmentation.path={masks_dir}", *args.overrides]
+        base = masked_job(tmp, args.count, args.size, args.overrides)
         print(f"synth scale benchmark: {args.count} images of {args.size}x{args.size}, masks given, "
               f"median of {args.repeats} runs, images/s end to end")
         rows = []
