@@ -38,6 +38,14 @@ def check_chain(stages: Sequence[Stage]) -> None:
         available.update(stage.provides)
 
 
+def _write_failed(sample: Sample, err: Exception) -> None:
+    """A write error fails its sample, unless the output location itself is broken: that stops the job."""
+    output_error = as_output_error(err)
+    if output_error:
+        raise output_error from err
+    sample.fail("write", err)
+
+
 def _batches(samples: Iterable[Sample], size: int) -> Iterable[list[Sample]]:
     batch: list[Sample] = []
     for sample in samples:
@@ -160,16 +168,12 @@ class Runner:
                         if future is not None:
                             try:
                                 record = future.result()
-                            except Exception as err:  # noqa: BLE001 - a write failure fails the sample
-                                if as_output_error(err):  # ... unless the output location is the problem
-                                    raise as_output_error(err) from err
-                                sample.fail("write", err)
+                            except Exception as err:  # noqa: BLE001
+                                _write_failed(sample, err)
                             try:
                                 self._commit(sample)  # a failed sample is dropped here
                             except Exception as err:  # noqa: BLE001
-                                if as_output_error(err):
-                                    raise as_output_error(err) from err
-                                sample.fail("write", err)
+                                _write_failed(sample, err)
                             if sample.ok:
                                 records.append(record)
                         self._finish(sample, failures, timings, len(records) + len(failures))
