@@ -37,7 +37,7 @@ class GrabCut(Stage):
     name = "segmentation"
     provides = ("mask", "foreground", "background")
 
-    def __init__(self, margin: float = 0.08, iterations: int = 5, work_size: int = 320,
+    def __init__(self, margin: float = 0.08, iterations: int = 3, work_size: int = 320,
                  feather: float = 0.004):
         if not 0.0 <= margin < 0.5:
             raise ConfigError(f"segmentation.margin={margin}: must be in [0, 0.5)")
