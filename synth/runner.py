@@ -213,20 +213,38 @@ class Runner:
         finally:
             stop.restore()
             self._failure_log.close()
-            if hasattr(self.source, "write_outputs"):
-                self._write_source_outputs(items)
             now = time.perf_counter()
             summary = self._summary(items, skipped, records, failures, timings, now - started,
                                     now - processing, exit_code)
             summary["exit_reason"] = exit_reason
             try:
-                atomic_write_json(self.run_dir / "metadata.json", summary)
-            except OSError as err:
-                raise as_output_error(err) from err
+                self._write_run_files(items, summary)
+            finally:
+                self._close(summary)
+        return summary
+
+    def _write_run_files(self, items: Sequence[Any], summary: dict[str, Any]) -> None:
+        """metadata.json (and data=csv's table). Failing here is the output location's fault: the
+        summary handed to the logger says so."""
+        try:
+            if hasattr(self.source, "write_outputs"):
+                self._write_source_outputs(items)
+            atomic_write_json(self.run_dir / "metadata.json", summary)
+        except OSError as err:
+            output_error = as_output_error(err)
+            if output_error is None:
+                raise
+            summary["exit_code"], summary["exit_reason"] = EXIT_OUTPUT_ERROR, str(output_error)
+            raise output_error from err
+
+    def _close(self, summary: dict[str, Any]) -> None:
+        """Close the writers, then finish the logger even if one of them fails, so that the
+        logger hears the end of every job (a W&B run left open would look still running)."""
+        try:
             for writer in self.writers:
                 writer.close()
-            self.logger.finish(summary, exit_code)
-        return summary
+        finally:
+            self.logger.finish(summary, summary["exit_code"])
 
     def _finish(self, sample: Sample, failures: list, timings: dict, step: int) -> None:
         if sample.ok:

@@ -244,6 +244,36 @@ def test_disk_full_stops_with_one_error_naming_the_path(tmp_path, monkeypatch):
     assert_no_partial_files(tmp_path / "run")
 
 
+def test_unwritable_summary_still_closes_the_writers_and_finishes_the_logger(tmp_path, monkeypatch):
+    """metadata.json fails (disk full) after every sample was written: the writers are still
+    closed and the logger still hears the end, with the output-error exit code."""
+    from synth.loggers import NullLogger
+
+    finished = []
+
+    class Recorder(NullLogger):
+        def finish(self, summary, exit_code):
+            finished.append((exit_code, summary["exit_code"], summary["exit_reason"]))
+
+    def full(path, obj):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    data = tmp_path / "in"
+    photo(data / "p.png")
+    cfg = compose_config("data=folder", f"data.path='{data}'", "logger=none")
+    runner = build_runner(cfg, tmp_path / "run")
+    runner.logger = Recorder()
+    closed = []
+    real_close = runner.writers[0].close
+    runner.writers[0].close = lambda: closed.append(1) or real_close()
+    monkeypatch.setattr("synth.runner.atomic_write_json", full)  # the run's metadata.json only
+    with pytest.raises(OutputError, match=rf"cannot write {tmp_path}/run/metadata.json: No space left on device"):
+        runner.run()
+    assert closed == [1]
+    assert finished == [(3, 3, f"cannot write {tmp_path}/run/metadata.json: No space left on device")]
+    assert (tmp_path / "run/outputs/000000_metadata.json").is_file()  # the sample itself was written
+
+
 # --- signals -------------------------------------------------------------------------------------
 SLOW_STAGE = '''
 import time
