@@ -12,6 +12,33 @@ from synth.writers.encoded import EncodedImages
 
 FORMATS = ("png", "webp", "jpg")
 
+# Where each image goes: its key in the per-sample record -> its path in the run directory,
+# without the extension. ``outputs/`` links the stage files it shares (the reference's layout).
+STAGE_FILES = {
+    "original": "outputs/{id}_input",
+    "mask": "stage_1/{id}_mask",
+    "foreground": "stage_1/{id}_foreground",
+    "background": "stage_1/{id}_background",
+    "albedo": "stage_2/{id}_albedo",
+    "degraded_foreground": "stage_3/{id}_degraded",
+    "shadow_matte": "stage_3/{id}_shadow_matte",
+    "composite_image": "stage_3_5/{id}_composite",
+}
+OUTPUT_LINKS = {
+    "composite_image": "outputs/{id}_output",
+    "degraded_foreground": "outputs/{id}_degraded_fg",
+    "albedo": "outputs/{id}_albedo",
+    "foreground": "outputs/{id}_foreground",
+    "background": "outputs/{id}_background",
+}
+TRAINING_FILES = {  # intermediates=False
+    "original": "outputs/{id}_input",
+    "mask": "outputs/{id}_mask",
+    "composite_image": "outputs/{id}_output",
+}
+PARAMS_FILE = "stage_3/{id}_params.json"
+METADATA_FILE = "outputs/{id}_metadata.json"
+
 
 def check_image_settings(format: str, png_compress_level: int, quality: int) -> None:
     """Validate the image settings every writer shares (messages name ``writer.<key>``)."""
@@ -42,15 +69,19 @@ class FolderWriter:
     def open(self, run_dir: Path, **_: Any) -> None:
         self.root = Path(run_dir)
 
+    def _path(self, name: str, sample_id: str) -> Path:
+        """A layout entry (``STAGE_FILES`` etc.) as a path; image entries get the format's extension."""
+        return self.root / (name.format(id=sample_id) + ("" if name.endswith(".json") else f".{self.format}"))
+
     def metadata_path(self, sample_id: str) -> Path:
-        return self.root / "outputs" / f"{sample_id}_metadata.json"
+        return self._path(METADATA_FILE, sample_id)
 
     def is_complete(self, sample_id: str) -> bool:
         return self.metadata_path(sample_id).is_file()
 
     def output_path(self, sample_id: str) -> Path | None:
         """The composite (``outputs/{id}_output.{ext}``) of a complete sample, else None."""
-        return self.root / "outputs" / f"{sample_id}_output.{self.format}" if self.is_complete(sample_id) else None
+        return self._path(OUTPUT_LINKS["composite_image"], sample_id) if self.is_complete(sample_id) else None
 
     def write(self, sample: Sample, images: EncodedImages | None = None) -> dict[str, Any]:
         """Write every file of one finished sample; return its metadata record. On any error the
@@ -64,53 +95,29 @@ class FolderWriter:
     def discard(self, sample_id: str) -> None:
         """Remove every file this writer may have written for ``sample_id`` (metadata first, so
         that the sample never looks complete while its files go)."""
-        ext = self.format
-        names = ["outputs/{id}_metadata.json", "outputs/{id}_input.{ext}", "outputs/{id}_mask.{ext}",
-                 "outputs/{id}_output.{ext}", "outputs/{id}_degraded_fg.{ext}", "outputs/{id}_albedo.{ext}",
-                 "outputs/{id}_foreground.{ext}", "outputs/{id}_background.{ext}", "stage_1/{id}_mask.{ext}",
-                 "stage_1/{id}_foreground.{ext}", "stage_1/{id}_background.{ext}", "stage_2/{id}_albedo.{ext}",
-                 "stage_3/{id}_degraded.{ext}", "stage_3/{id}_shadow_matte.{ext}", "stage_3/{id}_params.json",
-                 "stage_3_5/{id}_composite.{ext}"]
-        for name in names:
+        names = [METADATA_FILE, *STAGE_FILES.values(), *OUTPUT_LINKS.values(), *TRAINING_FILES.values(), PARAMS_FILE]
+        for name in dict.fromkeys(names):
             try:
-                (self.root / name.format(id=sample_id, ext=ext)).unlink(missing_ok=True)
+                self._path(name, sample_id).unlink(missing_ok=True)
             except OSError:  # e.g. the path runs through a file: nothing was written there
                 pass
 
     def _write_files(self, sample: Sample, images: EncodedImages | None) -> dict[str, Any]:
-        root, sid, ext = self.root, sample.id, self.format
+        sid = sample.id
         images = images or EncodedImages(sample)
-        files: dict[str, str] = {}
-
-        def put(key: str, rel: str) -> None:
+        files: dict[str, str] = {}  # record key -> path relative to the run directory
+        written, links = (STAGE_FILES, OUTPUT_LINKS) if self.intermediates else (TRAINING_FILES, {})
+        for key, name in written.items():
             data = images.get(key, self.format, self.png_compress_level, self.quality)
             if data is not None:
-                atomic_write(root / rel, data)
-                files[key] = rel
-
-        def alias(key: str, rel: str) -> None:
+                path = self._path(name, sid)
+                atomic_write(path, data)
+                files[key] = path.relative_to(self.root).as_posix()
+        for key, name in links.items():
             if key in files:
-                link_or_copy(root / files[key], root / rel)
-
-        put("original", f"outputs/{sid}_input.{ext}")
-        if not self.intermediates:
-            put("mask", f"outputs/{sid}_mask.{ext}")
-            put("composite_image", f"outputs/{sid}_output.{ext}")
-        else:
-            put("mask", f"stage_1/{sid}_mask.{ext}")
-            put("foreground", f"stage_1/{sid}_foreground.{ext}")
-            put("background", f"stage_1/{sid}_background.{ext}")
-            put("albedo", f"stage_2/{sid}_albedo.{ext}")
-            put("degraded_foreground", f"stage_3/{sid}_degraded.{ext}")
-            put("shadow_matte", f"stage_3/{sid}_shadow_matte.{ext}")
-            put("composite_image", f"stage_3_5/{sid}_composite.{ext}")
-            alias("composite_image", f"outputs/{sid}_output.{ext}")
-            alias("degraded_foreground", f"outputs/{sid}_degraded_fg.{ext}")
-            alias("albedo", f"outputs/{sid}_albedo.{ext}")
-            alias("foreground", f"outputs/{sid}_foreground.{ext}")
-            alias("background", f"outputs/{sid}_background.{ext}")
-            if "shadow" in sample.params:
-                atomic_write_json(root / f"stage_3/{sid}_params.json", sample.params["shadow"])
+                link_or_copy(self.root / files[key], self._path(name, sid))
+        if self.intermediates and "shadow" in sample.params:
+            atomic_write_json(self._path(PARAMS_FILE, sid), sample.params["shadow"])
 
         record = sample_record(sample, files)
         atomic_write_json(self.metadata_path(sid), record)  # last: marks the sample complete
