@@ -69,6 +69,17 @@ def gaussian_blur(image: np.ndarray, sigma: float, max_sigma: float = 4.0, then=
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
+def fit_size(h: int, w: int, long_side: int) -> tuple[int, int]:
+    """(h, w) scaled down so that the long side is at most ``long_side`` (never enlarged)."""
+    f = min(1.0, long_side / max(h, w))
+    return max(1, round(h * f)), max(1, round(w * f))
+
+
+def shrink(image: np.ndarray, long_side: int) -> np.ndarray:
+    """``image`` resized so that its long side is at most ``long_side``; itself if it already is."""
+    return resize(image, fit_size(*image.shape[:2], long_side))
+
+
 def resize(image: np.ndarray, size_hw: tuple[int, int], smooth: bool = True) -> np.ndarray:
     """Resize to (height, width): area averaging when shrinking, bilinear when enlarging."""
     h, w = size_hw

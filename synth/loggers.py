@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from synth.errors import ConfigError
-from synth.imaging import encode, resize, to_uint8, with_alpha
+from synth.imaging import encode, shrink, to_uint8, with_alpha
 from synth.sample import Sample
 
 MODES = ("online", "offline", "disabled")
@@ -170,11 +170,7 @@ class WandbLogger(NullLogger):
     # -- helpers ---------------------------------------------------------------------------------
     def _fit(self, image: np.ndarray) -> np.ndarray:
         """Shrink to ``image_size`` on the long side: W&B is for looking, the run dir keeps full size."""
-        h, w = image.shape[:2]
-        if self.image_size is None or max(h, w) <= self.image_size:
-            return image
-        scale = self.image_size / max(h, w)
-        return resize(image, (max(1, round(h * scale)), max(1, round(w * scale))))
+        return image if self.image_size is None else shrink(image, self.image_size)
 
     def _png(self, image: np.ndarray) -> str:
         """Encode with OpenCV at PNG level 1 into a temporary file: about 6x faster than

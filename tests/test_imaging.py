@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from synth.imaging import encode, gaussian_blur, linear_to_srgb, open_rgb, srgb_to_linear
+from synth.imaging import encode, fit_size, gaussian_blur, linear_to_srgb, open_rgb, shrink, srgb_to_linear
 
 
 def test_srgb_linear_round_trip_is_exact_for_every_8bit_level():
@@ -37,3 +37,13 @@ def test_png_encode_decode_round_trip(tmp_path):
     rgba = np.dstack([image, rng.integers(0, 256, (37, 53), dtype=np.uint8)])
     decoded = cv2.imdecode(np.frombuffer(encode(rgba, "png"), np.uint8), cv2.IMREAD_UNCHANGED)
     assert np.array_equal(cv2.cvtColor(decoded, cv2.COLOR_BGRA2RGBA), rgba)
+
+
+def test_fit_size_and_shrink_only_ever_shrink_the_long_side():
+    assert fit_size(1000, 500, 256) == (256, 128)
+    assert fit_size(333, 1000, 100) == (33, 100)
+    assert fit_size(3, 5000, 100) == (1, 100)  # never a zero side
+    assert fit_size(100, 50, 256) == (100, 50)  # never enlarged
+    image = np.zeros((60, 40, 3), np.uint8)
+    assert shrink(image, 64) is image
+    assert shrink(image, 30).shape == (30, 20, 3)

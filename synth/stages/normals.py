@@ -21,14 +21,13 @@ import cv2
 import numpy as np
 
 from synth.errors import ConfigError
-from synth.imaging import resize
+from synth.imaging import fit_size, resize
 
 WORK = 256  # long side of the working size
 
 
 def work_size(h: int, w: int) -> tuple[int, int]:
-    f = min(1.0, WORK / max(h, w))
-    return max(1, round(h * f)), max(1, round(w * f))
+    return fit_size(h, w, WORK)
 
 
 def inflate(mask: np.ndarray) -> np.ndarray:

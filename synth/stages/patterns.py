@@ -20,6 +20,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from synth.imaging import fit_size
+
 Pattern = Callable[[np.random.Generator, "Frame"], "tuple[np.ndarray, dict]"]
 PATTERNS: dict[str, Pattern] = {}
 
@@ -82,8 +84,7 @@ class Frame:
 
     def small(self) -> "Frame":
         """This pose on a grid whose long side is at most ``_RASTER`` pixels."""
-        f = min(1.0, _RASTER / max(self.h, self.w))
-        return self.resized(max(1, round(self.h * f)), max(1, round(self.w * f)))
+        return self.resized(*fit_size(self.h, self.w, _RASTER))
 
     @property
     def side(self) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from synth.errors import ConfigError
-from synth.imaging import resize
+from synth.imaging import shrink
 from synth.sample import Sample
 from synth.stages.models.base import ModelCaption
 from synth.stages.models.loading import check_source, hub_kwargs, load_pretrained
@@ -54,13 +54,9 @@ class Vlm(ModelCaption):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt}]}]
         self.chat = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def shrink(self, sample: Sample):
-        h, w = sample.image.shape[:2]
-        scale = self.image_size / max(h, w)
-        return sample.image if scale >= 1 else resize(sample.image, (max(1, round(h * scale)), max(1, round(w * scale))))
-
     def infer(self, chunk: list[Sample]) -> list[str]:
-        inputs = self.processor(text=[self.chat] * len(chunk), images=[self.shrink(s) for s in chunk],
+        images = [shrink(s.image, self.image_size) for s in chunk]
+        inputs = self.processor(text=[self.chat] * len(chunk), images=images,
                                 padding=True, return_tensors="pt").to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         tokens = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
