@@ -105,6 +105,12 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(summary["exit_code"])
 
 
+def group_options(group: str) -> list[str]:
+    """The options of config group ``group`` (its YAML files in synth.conf), sorted."""
+    return sorted(p.name[:-5] for p in resources.files("synth.conf").joinpath(group).iterdir()
+                  if p.name.endswith(".yaml"))
+
+
 def check_group_choices(argv: list[str]) -> str | None:
     """Hydra prints a multi-line block for ``shadow=typo``; name the key and options in one line."""
     for arg in argv:
@@ -118,7 +124,7 @@ def check_group_choices(argv: list[str]) -> str | None:
             chosen = [value]
         if not sep or "/" in name or not group_dir.is_dir() or not value or value == "null":
             continue
-        options = sorted(p.name[:-5] for p in group_dir.iterdir() if p.name.endswith(".yaml"))
+        options = group_options(name)
         for choice in chosen:
             if choice not in options:
                 which = f" {choice}" if len(chosen) > 1 else ""

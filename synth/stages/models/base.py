@@ -112,9 +112,10 @@ def build_fallback(spec: Any) -> Stage | None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from synth.app import group_options
+
     if isinstance(spec, str):
-        options = sorted(p.name[:-5] for p in resources.files("synth.conf").joinpath("segmentation").iterdir()
-                         if p.name.endswith(".yaml"))
+        options = group_options("segmentation")
         if spec not in options:
             raise ConfigError(f"segmentation.fallback={spec}: unknown option; choose from {', '.join(options)}")
         node = OmegaConf.create(resources.files("synth.conf").joinpath("segmentation", f"{spec}.yaml").read_text())
