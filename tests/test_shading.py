@@ -180,10 +180,14 @@ def test_depth_normals_need_a_model():
 
 
 def test_missing_depth_model_names_the_key(tmp_path):
-    empty = tmp_path / "no-model-here"  # a local folder without weights: fails fast, offline
+    empty = tmp_path / "no-model-here"  # a local folder without weights: refused when the stage is built
     empty.mkdir()
+    with pytest.raises(ConfigError, match=r"^shadow.depth_model=.*no-model-here: no config.json in this directory.*"
+                                          r"hf download depth-anything/Depth-Anything-V2-Small-hf"):
+        SoftShading(normals="depth", depth_model=str(empty))
+    (empty / "config.json").write_text("{}")  # looks like a model folder, but is none: refused at setup
     stage = SoftShading(normals="depth", depth_model=str(empty))
-    with pytest.raises(ConfigError, match=r"shadow.depth_model=.*no-model-here: could not load.*download"):
+    with pytest.raises(ConfigError, match=r"^shadow.depth_model=.*no-model-here: cannot load .*hf download"):
         stage.setup("cpu")
 
 

@@ -14,14 +14,13 @@ shading map is upsampled once (see :mod:`synth.stages.shading`).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-from synth.errors import ConfigError
 from synth.imaging import fit_size, resize
+from synth.stages.models.loading import check_source, hub_kwargs, load_pretrained
 
 WORK = 256  # long side of the working size
 
@@ -82,11 +81,16 @@ class DepthModel:
     """A ``transformers`` depth-estimation model, loaded once, run on batches of images.
 
     ``model`` is a hub id (e.g. ``depth-anything/Depth-Anything-V2-Small-hf``) or a local folder
-    holding the model and its image processor; ``key`` is the config key named in errors.
+    holding the model and its image processor; ``key`` is the config key named in errors. It is
+    checked and loaded like every model stage's weights (:mod:`synth.stages.models.loading`).
     """
 
     def __init__(self, model: str, key: str):
-        self.model_id, self.key = str(model), key
+        self.key = key
+        self.how = ("use a hub id such as depth-anything/Depth-Anything-V2-Small-hf, or a local directory holding "
+                    "an AutoModelForDepthEstimation and its image processor (`hf download "
+                    f"depth-anything/Depth-Anything-V2-Small-hf --local-dir DIR`, then {key}=DIR)")
+        self.model_id = check_source(key, model, self.how)
         self.model = self.processor = None
         self.device = "cpu"
 
@@ -98,15 +102,10 @@ class DepthModel:
 
         from synth.stages.base import resolve_device
 
-        try:
-            self.processor = AutoImageProcessor.from_pretrained(self.model_id)
-            self.model = AutoModelForDepthEstimation.from_pretrained(self.model_id)
-        except (OSError, ValueError) as err:
-            where = "a local folder" if Path(self.model_id).exists() else "a hub id"
-            raise ConfigError(
-                f"{self.key}={self.model_id}: could not load a depth model from {where} "
-                f"({str(err).splitlines()[0]}); download one first, e.g. `huggingface-cli download "
-                f"depth-anything/Depth-Anything-V2-Small-hf --local-dir DIR`, then set {self.key}=DIR") from None
+        self.processor = load_pretrained(self.key, self.model_id, self.how,
+                                         lambda s: AutoImageProcessor.from_pretrained(s, **hub_kwargs()))
+        self.model = load_pretrained(self.key, self.model_id, self.how,
+                                     lambda s: AutoModelForDepthEstimation.from_pretrained(s, **hub_kwargs()))
         self.device = resolve_device(device)
         self.model.to(self.device).eval()
         self._torch = torch
