@@ -8,7 +8,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from synth.decode import Limits, decode
 from synth.errors import ConfigError, SampleError
@@ -77,12 +77,6 @@ class ImageFolder:
         width = max(6, len(str(max(len(self.paths) - 1, 0))))
         return [Item(i, f"{i:0{width}d}", str(p)) for i, p in enumerate(self.paths)
                 if i % self.num_shards == self.shard_index]
-
-    def __iter__(self) -> Iterator[Item]:
-        return iter(self.items())
-
-    def __len__(self) -> int:
-        return len(self.items())
 
     def load(self, item: Item, seed: int) -> Sample:
         """Decode one item into a fresh Sample (runs in a worker thread).
