@@ -222,11 +222,15 @@ class SoftShading(Stage):
             linear, matte, params["cast_shadow"] = self.cast.degrade(linear, sample, box)
         return linear, matte, params
 
+    def relight(self, sample: Sample, height: np.ndarray) -> None:
+        """The whole stage for one sample whose height field is known."""
+        box = subject_box(sample.mask)
+        linear, matte, params = self.degrade(srgb_to_linear(_base(sample, self.base)[box]), sample, box, height)
+        _finish(sample, self.base, box, linear, matte, "soft_shading", {**params, "base": self.base})
+
     def process(self, batch: list[Sample]) -> None:
         for sample, height in zip(batch, self.heights(batch)):
-            box = subject_box(sample.mask)
-            linear, matte, params = self.degrade(srgb_to_linear(_base(sample, self.base)[box]), sample, box, height)
-            _finish(sample, self.base, box, linear, matte, "soft_shading", {**params, "base": self.base})
+            self.relight(sample, height)
 
 
 MIX_TYPES = ("hard", "soft_shading", "both")
@@ -262,21 +266,20 @@ class Mix(Stage):
         lit = [s for s, c in zip(batch, choices) if c != "hard"]
         heights = dict(zip((s.id for s in lit), self.soft.heights(lit))) if lit else {}
         for sample, choice in zip(batch, choices):
-            box = subject_box(sample.mask)
             if choice == "hard":
-                base = self.hard.base
-                linear, matte, params = self.hard.degrade(srgb_to_linear(_base(sample, base)[box]), sample, box)
-                _finish(sample, base, box, linear, matte, "hard_shadow", {**params, "base": base, "mix": choice})
-                continue
-            base = self.soft.base
-            linear, matte, params = self.soft.degrade(srgb_to_linear(_base(sample, base)[box]), sample, box,
-                                                      heights[sample.id])
-            if choice == "soft_shading":
-                _finish(sample, base, box, linear, matte, "soft_shading", {**params, "base": base, "mix": choice})
-                continue
-            linear, hard_matte, hard_params = self.hard.degrade(linear, sample, box)
-            if matte is not None:  # the soft stage's subtle shadow and the hard one together
-                hard_matte = np.maximum(matte, hard_matte)
-            _finish(sample, base, box, linear, hard_matte, "soft_shading+hard_shadow",
-                    {"type": "soft_shading+hard_shadow", "mix": choice, "base": self.soft.base,
-                     "soft_shading": params, "hard_shadow": hard_params})
+                self.hard.process_sample(sample)
+            elif choice == "soft_shading":
+                self.soft.relight(sample, heights[sample.id])
+            else:
+                self.both(sample, heights[sample.id])
+            sample.params["shadow"]["mix"] = choice
+
+    def both(self, sample: Sample, height: np.ndarray) -> None:
+        """New light, then the hard stage's cast shadow on the relit subject."""
+        base, box = self.soft.base, subject_box(sample.mask)
+        linear, matte, params = self.soft.degrade(srgb_to_linear(_base(sample, base)[box]), sample, box, height)
+        linear, hard_matte, hard_params = self.hard.degrade(linear, sample, box)
+        if matte is not None:  # the soft stage's subtle shadow and the hard one together
+            hard_matte = np.maximum(matte, hard_matte)
+        _finish(sample, base, box, linear, hard_matte, "soft_shading+hard_shadow",
+                {"type": "soft_shading+hard_shadow", "base": base, "soft_shading": params, "hard_shadow": hard_params})
