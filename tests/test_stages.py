@@ -128,7 +128,8 @@ def test_template_caption_describes_the_sampled_shadow():
     TemplateCaption(subject="person").process_sample(sample)
     assert sample.caption.startswith("remove the ") and "shadow from the person" in sample.caption
     assert "striped" in sample.caption
-    with pytest.raises(ConfigError, match="captioning.template"):
+    with pytest.raises(ConfigError, match=r"^captioning.template='remove \{what\}': only \{degradation\}, "
+                                          r"\{subject\} may be used \('what'\)$"):
         TemplateCaption(template="remove {what}")
 
 

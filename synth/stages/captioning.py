@@ -61,6 +61,16 @@ def describe_degradation(sample: Sample) -> str:
     return "the lighting change"
 
 
+def check_template(template: str, fields: tuple[str, ...]) -> str:
+    """``captioning.template``, unless it uses a placeholder other than ``fields``."""
+    try:
+        template.format(**{name: "x" for name in fields})
+    except (KeyError, IndexError, ValueError) as err:
+        allowed = ", ".join("{" + name + "}" for name in fields)
+        raise ConfigError(f"captioning.template={template!r}: only {allowed} may be used ({err})") from None
+    return template
+
+
 class TemplateCaption(Stage):
     """Fills ``template`` with ``{degradation}`` (see :func:`describe_degradation`) and
     ``{subject}``. The default reads like an InstructPix2Pix edit instruction."""
@@ -70,11 +80,7 @@ class TemplateCaption(Stage):
     provides = ("caption",)
 
     def __init__(self, template: str = "remove {degradation} from the {subject}", subject: str = "subject"):
-        try:
-            template.format(degradation="x", subject="y")
-        except (KeyError, IndexError, ValueError) as err:
-            raise ConfigError(f"captioning.template={template!r}: only {{degradation}} and {{subject}} may be used ({err})")
-        self.template, self.subject = template, subject
+        self.template, self.subject = check_template(template, ("degradation", "subject")), subject
 
     def process_sample(self, sample: Sample) -> None:
         sample.caption = self.template.format(degradation=describe_degradation(sample), subject=self.subject)

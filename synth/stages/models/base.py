@@ -20,7 +20,7 @@ from synth.errors import ConfigError, SampleError
 from synth.imaging import gaussian_blur
 from synth.sample import Sample
 from synth.stages.base import Stage, resolve_device
-from synth.stages.captioning import describe_degradation
+from synth.stages.captioning import check_template, describe_degradation
 from synth.stages.models.loading import (check_device, check_dtype, free_accelerator_memory, is_out_of_memory,
                                          resolve_dtype)
 from synth.stages.segmentation import set_mask
@@ -193,13 +193,8 @@ class ModelCaption(ModelStage):
 
     def __init__(self, template: str = "{text}", subject: str = "subject", **kwargs: Any):
         super().__init__(**kwargs)
-        allowed = {"degradation": "x", "subject": "y", self.text_field: "z"}
-        try:
-            template.format(**allowed)
-        except (KeyError, IndexError, ValueError) as err:
-            raise ConfigError(f"captioning.template={template!r}: only "
-                              f"{', '.join('{' + k + '}' for k in allowed)} may be used ({err})") from None
-        self.template, self.subject = template, subject
+        self.template = check_template(template, ("degradation", "subject", self.text_field))
+        self.subject = subject
 
     def apply(self, sample: Sample, result: str) -> None:
         text = clean_text(result)
