@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from synth.errors import ConfigError, SampleError
+from synth.errors import ConfigError, SampleError, one_line
 
 # synth checks ``max_pixels`` itself, from the header and with the size in the message; PIL's
 # own check would refuse (or warn) at its fixed limit with a less useful message.
@@ -183,4 +183,4 @@ def _not_an_image(head: bytes) -> str:
 
 
 def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
+    return one_line(err) or type(err).__name__

@@ -1,6 +1,12 @@
 """Errors that carry a one-line, user-facing message."""
 
 
+def one_line(message: object) -> str:
+    """``message`` (text or an exception) on one line: every run of whitespace, newlines included,
+    becomes one space."""
+    return " ".join(str(message).split())
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid. The message names the key and what is allowed."""
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from synth.errors import one_line
 from synth.params import rng_for
 
 
@@ -50,5 +51,5 @@ class Sample:
 
     def fail(self, stage: str, error: BaseException | str) -> None:
         message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        self.error = " ".join(str(message).split())  # one line, whatever the exception said
+        self.error = one_line(message)  # whatever the exception said
         self.error_stage = stage

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from synth.errors import ConfigError, SampleError
+from synth.errors import ConfigError, SampleError, one_line
 from synth.imaging import gaussian_blur
 from synth.sample import Sample
 from synth.stages.base import Stage, resolve_device
@@ -81,7 +81,7 @@ class ModelStage(Stage):
             except Exception as err:  # noqa: BLE001 - only out-of-memory is handled here
                 if not is_out_of_memory(err):
                     raise
-                reason = " ".join(str(err).split())[:200]
+                reason = one_line(err)[:200]
             else:
                 for sample, result in zip(chunk, results):
                     self._apply_one(sample, result)
@@ -128,7 +128,7 @@ def build_fallback(spec: Any) -> Stage | None:
         stage = instantiate(node, _convert_="all")
     except Exception as err:  # noqa: BLE001 - Hydra wraps the stage's own ConfigError
         cause = err.__cause__ if isinstance(err.__cause__, ConfigError) else err
-        raise ConfigError(f"segmentation.fallback: {' '.join(str(cause).split())}") from None
+        raise ConfigError(f"segmentation.fallback: {one_line(cause)}") from None
     if getattr(stage, "name", None) != "segmentation":
         raise ConfigError(f"segmentation.fallback={spec}: not a segmentation stage")
     return stage

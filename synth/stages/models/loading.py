@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from synth.errors import ConfigError
+from synth.errors import ConfigError, one_line
 
 T = TypeVar("T")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -103,7 +103,7 @@ def _load_error(key: str, source: str, how: str, err: BaseException) -> str:
         where = "HF_HUB_OFFLINE is set" if offline() else "the Hub cannot be reached"
         return (f"{key}={source}: not in the local Hugging Face cache and {where}; run `hf download {source}` "
                 f"where the Hub is reachable, or {how}")
-    first = " ".join(str(err).split())[:300]
+    first = one_line(err)[:300]
     return f"{key}={source}: cannot load ({type(err).__name__}: {first}); {how}"
 
 

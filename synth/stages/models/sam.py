@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from synth.errors import ConfigError
+from synth.errors import ConfigError, one_line
 from synth.sample import Sample
 from synth.stages.models.base import ModelSegmentation
 
@@ -89,7 +89,7 @@ class Sam(ModelSegmentation):
             found = architecture(state)
         except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line answer
             raise ConfigError(f"segmentation.checkpoint={self.checkpoint}: not a segment-anything checkpoint "
-                              f"({type(err).__name__}: {' '.join(str(err).split())[:200]}); "
+                              f"({type(err).__name__}: {one_line(err)[:200]}); "
                               f"{how_to_get(self.model_type)}") from None
         if self.model_type != "auto" and ARCHITECTURES[self.model_type] != found:
             named = next((k for k, v in ARCHITECTURES.items() if v == found), "a non-standard model")
