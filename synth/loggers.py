@@ -33,7 +33,8 @@ class NullLogger:
         """Throughput and timing metrics, called after every batch."""
 
     def finish(self, summary: dict[str, Any], exit_code: int) -> None:
-        """Called exactly once at the end, also when the job failed (exit_code != 0)."""
+        """Called exactly once at the end, also when the job failed (exit_code != 0) or ``start``
+        raised."""
 
 
 class WandbLogger(NullLogger):

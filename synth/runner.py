@@ -145,7 +145,6 @@ class Runner:
         if skipped:
             log.info("resume: %d of %d samples already complete in %s", skipped, len(items), self.run_dir)
         log.info("%d samples to process into %s", len(todo), self.run_dir)
-        self.logger.start(config or {}, str(self.run_dir))
         exit_code, exit_reason = 1, "stopped by an error (see the log above)"
         self._failure_log = FailureLog(self.run_dir / "failures.jsonl")
         stop = StopSignals().install()  # SIGINT/SIGTERM: finish what is in flight, then stop
@@ -153,6 +152,7 @@ class Runner:
         failures: list[dict[str, Any]] = []
         timings: dict[str, list[float]] = {}
         try:
+            self.logger.start(config or {}, str(self.run_dir))  # in here: a failed start still ends the job cleanly
             for stage in self.stages:
                 stage.setup(self.device)
             processing = time.perf_counter()  # throughput excludes model loading and logger start-up

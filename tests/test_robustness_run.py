@@ -274,6 +274,29 @@ def test_unwritable_summary_still_closes_the_writers_and_finishes_the_logger(tmp
     assert (tmp_path / "run/outputs/000000_metadata.json").is_file()  # the sample itself was written
 
 
+def test_a_logger_that_fails_to_start_still_gets_a_summary_and_finish(tmp_path):
+    from synth.loggers import NullLogger
+
+    finished = []
+
+    class BrokenStart(NullLogger):
+        def start(self, config, run_dir):
+            raise RuntimeError("logger server unreachable")
+
+        def finish(self, summary, exit_code):
+            finished.append(exit_code)
+
+    data = tmp_path / "in"
+    photo(data / "p.png")
+    runner = build_runner(compose_config("data=folder", f"data.path='{data}'", "logger=none"), tmp_path / "run")
+    runner.logger = BrokenStart()
+    with pytest.raises(RuntimeError, match="logger server unreachable"):
+        runner.run()
+    assert finished == [1]
+    summary = read_summary(tmp_path / "run")
+    assert (summary["exit_code"], summary["done"]) == (1, 0)
+
+
 # --- signals -------------------------------------------------------------------------------------
 SLOW_STAGE = '''
 import time
