@@ -27,6 +27,7 @@ from PIL import Image
 from synth.app import build_runner, format_summary
 from synth.errors import ConfigError, OutputError
 from synth.faults import exit_status
+from synth.loggers import NullLogger
 from tests.conftest import compose_config, read_summary
 
 def photo(path: Path, h: int = 48, w: int = 64, seed: int = 0, mode: str = "RGB") -> Path:
@@ -227,18 +228,32 @@ def test_output_that_breaks_mid_run_stops_with_one_error(tmp_path):
     assert read_summary(run_dir)["exit_reason"].startswith("cannot write")
 
 
+def disk_full(path, _data):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def one_photo_runner(tmp_path: Path):
+    """The default job, in this process, over one small photo into tmp_path/run."""
+    photo(tmp_path / "in" / "p.png")
+    return build_runner(compose_config("data=folder", f"data.path='{tmp_path / 'in'}'", "logger=none"), tmp_path / "run")
+
+
+class FinishRecorder(NullLogger):
+    """Records (exit code, summary) of every finish() call."""
+
+    def __init__(self):
+        self.finished = []
+
+    def finish(self, summary, exit_code):
+        self.finished.append((exit_code, summary))
+
+
 def test_disk_full_stops_with_one_error_naming_the_path(tmp_path, monkeypatch):
     import synth.files as files
 
-    def full(path, data):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-
-    data = tmp_path / "in"
-    photo(data / "p.png")
-    cfg = compose_config("data=folder", f"data.path='{data}'", "logger=none")
-    runner = build_runner(cfg, tmp_path / "run")
-    monkeypatch.setattr(files, "atomic_write", full)
-    monkeypatch.setattr("synth.writers.folder.atomic_write", full)
+    runner = one_photo_runner(tmp_path)
+    monkeypatch.setattr(files, "atomic_write", disk_full)
+    monkeypatch.setattr("synth.writers.folder.atomic_write", disk_full)
     with pytest.raises(OutputError, match=rf"cannot write {tmp_path}/run/\S+: No space left on device"):
         runner.run()
     assert_no_partial_files(tmp_path / "run")
@@ -247,52 +262,31 @@ def test_disk_full_stops_with_one_error_naming_the_path(tmp_path, monkeypatch):
 def test_unwritable_summary_still_closes_the_writers_and_finishes_the_logger(tmp_path, monkeypatch):
     """metadata.json fails (disk full) after every sample was written: the writers are still
     closed and the logger still hears the end, with the output-error exit code."""
-    from synth.loggers import NullLogger
-
-    finished = []
-
-    class Recorder(NullLogger):
-        def finish(self, summary, exit_code):
-            finished.append((exit_code, summary["exit_code"], summary["exit_reason"]))
-
-    def full(path, obj):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-
-    data = tmp_path / "in"
-    photo(data / "p.png")
-    cfg = compose_config("data=folder", f"data.path='{data}'", "logger=none")
-    runner = build_runner(cfg, tmp_path / "run")
-    runner.logger = Recorder()
+    runner = one_photo_runner(tmp_path)
+    runner.logger = FinishRecorder()
     closed = []
     real_close = runner.writers[0].close
     runner.writers[0].close = lambda: closed.append(1) or real_close()
-    monkeypatch.setattr("synth.runner.atomic_write_json", full)  # the run's metadata.json only
-    with pytest.raises(OutputError, match=rf"cannot write {tmp_path}/run/metadata.json: No space left on device"):
+    monkeypatch.setattr("synth.runner.atomic_write_json", disk_full)  # the run's metadata.json only
+    message = f"cannot write {tmp_path}/run/metadata.json: No space left on device"
+    with pytest.raises(OutputError, match=f"^{message}$"):
         runner.run()
     assert closed == [1]
-    assert finished == [(3, 3, f"cannot write {tmp_path}/run/metadata.json: No space left on device")]
+    [(exit_code, summary)] = runner.logger.finished
+    assert (exit_code, summary["exit_code"], summary["exit_reason"]) == (3, 3, message)
     assert (tmp_path / "run/outputs/000000_metadata.json").is_file()  # the sample itself was written
 
 
 def test_a_logger_that_fails_to_start_still_gets_a_summary_and_finish(tmp_path):
-    from synth.loggers import NullLogger
-
-    finished = []
-
-    class BrokenStart(NullLogger):
+    class BrokenStart(FinishRecorder):
         def start(self, config, run_dir):
             raise RuntimeError("logger server unreachable")
 
-        def finish(self, summary, exit_code):
-            finished.append(exit_code)
-
-    data = tmp_path / "in"
-    photo(data / "p.png")
-    runner = build_runner(compose_config("data=folder", f"data.path='{data}'", "logger=none"), tmp_path / "run")
+    runner = one_photo_runner(tmp_path)
     runner.logger = BrokenStart()
     with pytest.raises(RuntimeError, match="logger server unreachable"):
         runner.run()
-    assert finished == [1]
+    assert [exit_code for exit_code, _ in runner.logger.finished] == [1]
     summary = read_summary(tmp_path / "run")
     assert (summary["exit_code"], summary["done"]) == (1, 0)
 
