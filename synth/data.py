@@ -14,6 +14,7 @@ from synth.decode import Limits, decode
 from synth.errors import ConfigError, SampleError
 from synth.faults import printable
 from synth.files import atomic_write
+from synth.params import setting
 from synth.sample import Sample
 
 log = logging.getLogger("synth")
@@ -50,12 +51,11 @@ class ImageFolder:
         self.root = Path(path).expanduser()
         if not self.root.is_dir():
             raise ConfigError(f"data.path={path}: not a directory")
-        if int(num_shards) < 1:
-            raise ConfigError(f"data.num_shards={num_shards}: must be >= 1")
-        if not 0 <= int(shard_index) < int(num_shards):
-            raise ConfigError(f"data.shard_index={shard_index}: must be in [0, {int(num_shards) - 1}] for data.num_shards={num_shards}")
-        if limit is not None and int(limit) < 0:
-            raise ConfigError(f"data.limit={limit}: must be >= 0 or null")
+        num_shards = setting("data.num_shards", num_shards, 1, integer=True)
+        shard_index = setting("data.shard_index", shard_index, 0, integer=True)
+        if shard_index >= num_shards:
+            raise ConfigError(f"data.shard_index={shard_index}: must be in [0, {num_shards - 1}] for data.num_shards={num_shards}")
+        limit = setting("data.limit", limit, 0, integer=True, optional=True)
         self.extensions = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
         self.recursive, self.num_shards, self.shard_index = recursive, int(num_shards), int(shard_index)
         self.limit = None if limit is None else int(limit)

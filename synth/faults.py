@@ -12,7 +12,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from synth.errors import ConfigError, OutputError
+from synth.errors import OutputError
+from synth.params import setting
 
 log = logging.getLogger("synth")
 
@@ -84,9 +85,7 @@ class StopSignals:
 
 
 def check_max_failure_rate(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ConfigError(f"max_failure_rate={value}: must be a number in [0, 1]")
-    return float(value)
+    return setting("max_failure_rate", value, 0.0, 1.0)
 
 
 def exit_status(done: int, failed: int, todo: int, max_failure_rate: float,

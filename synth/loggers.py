@@ -14,6 +14,7 @@ import numpy as np
 
 from synth.errors import ConfigError
 from synth.imaging import encode, shrink, to_uint8, with_alpha
+from synth.params import setting
 from synth.sample import Sample
 
 MODES = ("online", "offline", "disabled")
@@ -54,12 +55,9 @@ class WandbLogger(NullLogger):
         mode = MODE_ALIASES.get(mode, mode)
         if mode not in MODES:
             raise ConfigError(f"logger.mode={mode}: choose from {', '.join(MODES)}")
-        if int(log_every_n) < 1:
-            raise ConfigError(f"logger.log_every_n={log_every_n}: must be >= 1")
-        if int(max_images) < 0:
-            raise ConfigError(f"logger.max_images={max_images}: must be >= 0")
-        if image_size is not None and int(image_size) < 16:
-            raise ConfigError(f"logger.image_size={image_size}: must be >= 16 or null (full size)")
+        log_every_n = setting("logger.log_every_n", log_every_n, 1, integer=True)
+        max_images = setting("logger.max_images", max_images, 0, integer=True)
+        image_size = setting("logger.image_size", image_size, 16, integer=True, optional=True)  # null: full size
         self.init_kwargs = dict(project=project, entity=entity, group=group, job_type=job_type,
                                 tags=list(tags or []), name=name, notes=notes)
         self.mode, self.dir = mode, dir

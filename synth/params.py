@@ -122,6 +122,28 @@ class Param:
         return float(rng.uniform(lo, hi))
 
 
+def setting(key: str, value: Any, lo: float | None = None, hi: float | None = None, *,
+            integer: bool = False, hi_open: bool = False, optional: bool = False) -> Any:
+    """Validate one fixed (never sampled) numeric setting and return it as int or float.
+
+    ``optional`` lets ``None`` through (``null`` in YAML). Errors name the key, the value and
+    the rule, on one line, for a wrong type as for a value out of bounds.
+    """
+    if optional and value is None:
+        return None
+    rule = " and ".join(r for r in (
+        None if lo is None else f">= {lo:g}",
+        None if hi is None else f"{'<' if hi_open else '<='} {hi:g}") if r)
+    kind = "an integer" if integer else "a number"
+    wanted = f"{kind}{' ' + rule if rule else ''}{' or null' if optional else ''}"
+    if not _is_number(value) or (integer and float(value) != int(value)):
+        raise ConfigError(f"{key}={_show(value)}: must be {wanted}")
+    value = int(value) if integer else float(value)
+    if (lo is not None and value < lo) or (hi is not None and (value >= hi if hi_open else value > hi)):
+        raise ConfigError(f"{key}={_show(value)}: must be {wanted}")
+    return value
+
+
 def _check_weights(key: str, weights: tuple) -> tuple:
     if not all(_is_number(w) and w >= 0 for w in weights) or sum(weights) <= 0:
         raise ConfigError(f"{key}: weights must be non-negative numbers with a positive sum, got {list(weights)}")

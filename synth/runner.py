@@ -11,6 +11,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from synth.params import setting
 from synth.data import ImageFolder
 from synth.errors import ConfigError, OutputError
 from synth.faults import (EXIT_OUTPUT_ERROR, FailureLog, StopSignals, as_output_error, check_max_failure_rate,
@@ -64,10 +65,10 @@ class Runner:
                  logger: Any = None, run_dir: str | Path = ".", seed: int = 0, batch_size: int = 4,
                  num_workers: int = 2, device: str = "auto", resume: bool = True,
                  progress_every_s: float = 30.0, max_failure_rate: float = 0.1):
-        if int(batch_size) < 1:
-            raise ConfigError(f"batch_size={batch_size}: must be >= 1")
-        if int(num_workers) < 1:
-            raise ConfigError(f"num_workers={num_workers}: must be >= 1")
+        batch_size = setting("batch_size", batch_size, 1, integer=True)
+        num_workers = setting("num_workers", num_workers, 1, integer=True)
+        seed = setting("seed", seed, integer=True)
+        progress_every_s = setting("progress_every_s", progress_every_s, 0.0)
         check_chain(stages)
         self.source, self.stages, self.writers = source, list(stages), list(writers)
         self.logger = logger or NullLogger()

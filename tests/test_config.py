@@ -49,7 +49,10 @@ def test_default_config_builds_the_stages_in_listed_order(tmp_path):
     ("shadow.blur=40", "shadow.blur=40: 40 is even"),
     ("shadow.base=paint", "shadow.base=paint: choose from albedo, foreground"),
     ("data=folder", "data.path: required with data=folder"),
-    ("batch_size=0", "batch_size=0: must be >= 1"),
+    ("batch_size=0", "batch_size=0: must be an integer >= 1"),
+    ("batch_size=abc", "batch_size=abc: must be an integer >= 1"),
+    ("segmentation.margin=[0.05,0.1]", "segmentation.margin=[0.05,0.1]: must be a number >= 0 and < 0.5"),
+    ("albedo.balance=high", "albedo.balance=high: must be a number >= 0 and < 0.5"),
     ("~albedo", "shadow: needs albedo from an earlier stage"),
 ])
 def test_bad_config_is_one_line_naming_the_key(override, message, tmp_path):

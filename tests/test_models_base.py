@@ -97,7 +97,7 @@ def test_setup_loads_once_and_resolves_device_and_dtype():
     assert resolve_dtype("float16", "cpu") == torch.float16
     for kwargs, message in [({"dtype": "fp8"}, "captioning.dtype=fp8: choose from auto, float32, bfloat16, float16"),
                             ({"device": "tpu"}, "captioning.device=tpu: choose auto, cpu, cuda or cuda:N"),
-                            ({"batch_size": 0}, "captioning.batch_size=0: must be >= 1")]:
+                            ({"batch_size": 0}, "captioning.batch_size=0: must be an integer >= 1 or null")]:
         with pytest.raises(ConfigError, match="^" + message.replace(".", r"\.")):
             Recording(**kwargs)
 
@@ -131,7 +131,7 @@ def test_fallback_by_option_name_or_mapping():
     assert isinstance(build_fallback("grabcut"), GrabCut)
     stage = build_fallback({"_target_": "synth.stages.segmentation.GrabCut", "margin": 0.2})
     assert isinstance(stage, GrabCut) and stage.margin == 0.2
-    with pytest.raises(ConfigError, match=r"^segmentation.fallback: segmentation.margin=0.7: must be in"):
+    with pytest.raises(ConfigError, match=r"^segmentation.fallback: segmentation.margin=0.7: must be a number >= 0 and < 0.5$"):
         build_fallback({"_target_": "synth.stages.segmentation.GrabCut", "margin": 0.7})
     with pytest.raises(ConfigError, match=r"^segmentation.fallback=3: give a segmentation option name"):
         build_fallback(3)

@@ -82,7 +82,7 @@ def test_blip_template_and_config_errors(tiny_blip):
     with pytest.raises(ConfigError, match=r"^captioning.template='\{keywords\}': only \{degradation\}, \{subject\}, "
                                           r"\{caption\} may be used"):
         Blip(model=str(tiny_blip), template="{keywords}")
-    with pytest.raises(ConfigError, match=r"^captioning.max_new_tokens=0: must be >= 1"):
+    with pytest.raises(ConfigError, match=r"^captioning.max_new_tokens=0: must be an integer >= 1$"):
         Blip(model=str(tiny_blip), max_new_tokens=0)
 
 

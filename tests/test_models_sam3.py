@@ -149,9 +149,9 @@ def test_sam3_missing_or_unreachable_weights_name_the_key(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("override, message", [
     ("segmentation.instances=all", "segmentation.instances=all: choose union or best"),
-    ("segmentation.threshold=1.5", "segmentation.threshold=1.5: must be in [0, 1]"),
+    ("segmentation.threshold=1.5", "segmentation.threshold=1.5: must be a number >= 0 and <= 1"),
     ("segmentation.dtype=fp8", "segmentation.dtype=fp8: choose from auto, float32, bfloat16, float16"),
-    ("segmentation.batch_size=0", "segmentation.batch_size=0: must be >= 1"),
+    ("segmentation.batch_size=0", "segmentation.batch_size=0: must be an integer >= 1 or null"),
     ("segmentation.fallback=nope", "segmentation.fallback=nope: unknown option"),
 ])
 def test_sam3_bad_config_is_one_line(tiny_sam3, override, message):

@@ -105,7 +105,7 @@ def test_vlm_missing_weights_and_bad_config_name_the_key(tmp_path, tiny_vlm):
         Vlm(model=str(tmp_path))
     assert str(err.value).startswith(f"captioning.model={tmp_path}: no config.json in this directory")
     assert "Qwen/Qwen2.5-VL-3B-Instruct" in str(err.value) and "\n" not in str(err.value)
-    with pytest.raises(ConfigError, match=r"^captioning.image_size=8: must be >= 28"):
+    with pytest.raises(ConfigError, match=r"^captioning.image_size=8: must be an integer >= 28$"):
         Vlm(model=str(tiny_vlm), image_size=8)
     with pytest.raises(ConfigError, match=r"^captioning.device=gpu: choose auto, cpu, cuda or cuda:N"):
         Vlm(model=str(tiny_vlm), device="gpu")

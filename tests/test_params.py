@@ -63,3 +63,20 @@ def test_even_kernel_and_unknown_option_are_refused():
         Param.option("shadow.patterns", "nope", ["a", "b"])
     with pytest.raises(ConfigError, match="weights must be non-negative"):
         Param.option("shadow.patterns", {"a": -1}, ["a", "b"])
+
+
+def test_fixed_settings_check_type_and_bounds_in_one_line():
+    from synth.params import setting
+    assert setting("batch_size", 4, 1, integer=True) == 4 and setting("x", 3.0, 1, integer=True) == 3
+    assert setting("logger.image_size", None, 16, integer=True, optional=True) is None
+    for value, message in [(0, "batch_size=0: must be an integer >= 1"),
+                           ("abc", "batch_size=abc: must be an integer >= 1"),
+                           (2.5, "batch_size=2.5: must be an integer >= 1"),
+                           (True, "batch_size=True: must be an integer >= 1")]:
+        with pytest.raises(ConfigError) as err:
+            setting("batch_size", value, 1, integer=True)
+        assert str(err.value) == message
+    with pytest.raises(ConfigError, match=r"^m=0.5: must be a number >= 0 and < 0.5$"):
+        setting("m", 0.5, 0.0, 0.5, hi_open=True)
+    with pytest.raises(ConfigError, match=r"^m=\[0.1,0.2\]: must be a number >= 0 and <= 1$"):
+        setting("m", [0.1, 0.2], 0.0, 1.0)

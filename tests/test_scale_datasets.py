@@ -107,9 +107,9 @@ def test_intermediates_false_writes_only_the_training_files(inputs, tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["writers=[hf]", "writers.hf.rows_per_shard=0"], "writers.hf.rows_per_shard=0: must be >= 1"),
+    (["writers=[hf]", "writers.hf.rows_per_shard=0"], "writers.hf.rows_per_shard=0: must be an integer >= 1"),
     (["writers=[webdataset]", "writers.webdataset.format=gif"], "writers.webdataset.format=gif: choose from"),
-    (["writer=webdataset", "writer.maxcount=0"], "writer.maxcount=0: must be >= 1"),
+    (["writer=webdataset", "writer.maxcount=0"], "writer.maxcount=0: must be an integer >= 1"),
     (["writer=webdataset", "writers=[webdataset]"], "writers.webdataset: already selected"),
 ])
 def test_writer_config_errors_name_the_key(overrides, message):

@@ -8,7 +8,7 @@ import numpy as np
 
 from synth.errors import ConfigError
 from synth.imaging import gaussian_blur
-from synth.params import Param
+from synth.params import Param, setting
 from synth.sample import Sample
 from synth.stages.base import Stage
 
@@ -31,8 +31,7 @@ class Retinex(Stage):
         sigmas = list(sigmas)
         if not sigmas or any(not isinstance(s, (int, float)) or s <= 0 for s in sigmas):
             raise ConfigError(f"albedo.sigmas={sigmas}: expected a list of positive numbers")
-        if not 0.0 <= balance < 0.5:
-            raise ConfigError(f"albedo.balance={balance}: must be in [0, 0.5)")
+        balance = setting("albedo.balance", balance, 0.0, 0.5, hi_open=True)
         self.sigmas, self.balance = [float(s) for s in sigmas], float(balance)
         self.blend = Param.number("albedo.blend", blend, 0.0, 1.0)
 

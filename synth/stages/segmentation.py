@@ -13,6 +13,7 @@ import numpy as np
 
 from synth.errors import ConfigError, SampleError
 from synth.imaging import gaussian_blur, resize
+from synth.params import setting
 from synth.sample import Sample
 from synth.stages.base import Stage
 
@@ -39,14 +40,10 @@ class GrabCut(Stage):
 
     def __init__(self, margin: float = 0.08, iterations: int = 3, work_size: int = 320,
                  feather: float = 0.004):
-        if not 0.0 <= margin < 0.5:
-            raise ConfigError(f"segmentation.margin={margin}: must be in [0, 0.5)")
-        if int(iterations) < 1:
-            raise ConfigError(f"segmentation.iterations={iterations}: must be >= 1")
-        if int(work_size) < 32:
-            raise ConfigError(f"segmentation.work_size={work_size}: must be >= 32")
-        if not 0.0 <= feather <= 0.1:
-            raise ConfigError(f"segmentation.feather={feather}: must be in [0, 0.1]")
+        margin = setting("segmentation.margin", margin, 0.0, 0.5, hi_open=True)
+        iterations = setting("segmentation.iterations", iterations, 1, integer=True)
+        work_size = setting("segmentation.work_size", work_size, 32, integer=True)
+        feather = setting("segmentation.feather", feather, 0.0, 0.1)
         self.margin, self.iterations, self.work_size, self.feather = margin, int(iterations), int(work_size), feather
 
     def process_sample(self, sample: Sample) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from synth.errors import ConfigError
 from synth.imaging import kernel_to_sigma, linear_to_srgb, resize, srgb_to_linear
-from synth.params import Param
+from synth.params import Param, setting
 from synth.sample import Sample
 from synth.stages.base import Stage
 from synth.stages.normals import DepthModel, height_from_depth, inflate, normals_from_height, work_size
@@ -82,9 +82,7 @@ class CastShadow:
         self.color = Param.option(f"{key}.color", color, list(COLORS))
         self.tint = Param.number(f"{key}.tint", tint, 0.0, 1.0)
         self.variation = Param.number(f"{key}.variation", variation, 0.0, 1.0)
-        if not isinstance(reference_size, int) or reference_size < 16:
-            raise ConfigError(f"{key}.reference_size={reference_size}: must be an integer >= 16")
-        self.reference_size = reference_size
+        self.reference_size = setting(f"{key}.reference_size", reference_size, 16, integer=True)
 
     def apply(self, linear: np.ndarray, sample: Sample, box: tuple[slice, slice]
               ) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from synth.errors import ConfigError
 from synth.files import atomic_write, atomic_write_json, link_or_copy
+from synth.params import setting
 from synth.sample import Sample
 from synth.writers.encoded import EncodedImages
 
@@ -44,10 +45,8 @@ def check_image_settings(format: str, png_compress_level: int, quality: int) -> 
     """Validate the image settings every writer shares (messages name ``writer.<key>``)."""
     if format not in FORMATS:
         raise ConfigError(f"writer.format={format}: choose from {', '.join(FORMATS)}")
-    if not 0 <= int(png_compress_level) <= 9:
-        raise ConfigError(f"writer.png_compress_level={png_compress_level}: must be in 0..9")
-    if not 1 <= int(quality) <= 100:
-        raise ConfigError(f"writer.quality={quality}: must be in 1..100")
+    setting("writer.png_compress_level", png_compress_level, 0, 9, integer=True)
+    setting("writer.quality", quality, 1, 100, integer=True)
 
 
 class FolderWriter:

@@ -17,8 +17,8 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from synth.errors import ConfigError
 from synth.files import to_json
+from synth.params import setting
 from synth.sample import Sample
 from synth.writers.encoded import EncodedImages
 from synth.writers.sharded import ShardedWriter
@@ -51,10 +51,8 @@ class HFDatasetWriter(ShardedWriter):
     def __init__(self, path: str | None = None, rows_per_shard: int = 1000, max_shard_mb: float = 500,
                  format: str = "png", png_compress_level: int = 1, quality: int = 95):
         super().__init__(path, format, png_compress_level, quality)
-        if int(rows_per_shard) < 1:
-            raise ConfigError(f"writer.rows_per_shard={rows_per_shard}: must be >= 1")
-        if float(max_shard_mb) <= 0:
-            raise ConfigError(f"writer.max_shard_mb={max_shard_mb}: must be > 0")
+        rows_per_shard = setting("writer.rows_per_shard", rows_per_shard, 1, integer=True)
+        max_shard_mb = setting("writer.max_shard_mb", max_shard_mb, 0.001)
         self.rows_per_shard, self.max_shard_bytes = int(rows_per_shard), float(max_shard_mb) * 1e6
         self._buffer: list[dict[str, Any]] = []
         self._parquet: pq.ParquetWriter | None = None

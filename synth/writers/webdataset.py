@@ -16,8 +16,8 @@ from pathlib import Path
 
 import webdataset as wds
 
-from synth.errors import ConfigError
 from synth.files import to_json
+from synth.params import setting
 from synth.sample import Sample
 from synth.writers.encoded import INTERMEDIATES, EncodedImages
 from synth.writers.folder import sample_record
@@ -37,10 +37,8 @@ class WebDatasetWriter(ShardedWriter):
     def __init__(self, path: str | None = None, maxcount: int = 1000, maxsize_mb: float = 1000,
                  format: str = "png", png_compress_level: int = 1, quality: int = 95, intermediates: bool = False):
         super().__init__(path, format, png_compress_level, quality)
-        if int(maxcount) < 1:
-            raise ConfigError(f"writer.maxcount={maxcount}: must be >= 1")
-        if float(maxsize_mb) <= 0:
-            raise ConfigError(f"writer.maxsize_mb={maxsize_mb}: must be > 0")
+        maxcount = setting("writer.maxcount", maxcount, 1, integer=True)
+        maxsize_mb = setting("writer.maxsize_mb", maxsize_mb, 0.001)
         self.maxcount, self.maxsize = int(maxcount), float(maxsize_mb) * 1e6
         self.fields = dict(FIELDS, **({name: name for name in INTERMEDIATES} if intermediates else {}))
         self._sink: wds.ShardWriter | None = None

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from synth.params import setting
 from synth.errors import ConfigError, SampleError, one_line
 from synth.imaging import gaussian_blur
 from synth.sample import Sample
@@ -37,8 +38,7 @@ class ModelStage(Stage):
     """
 
     def __init__(self, batch_size: int | None = None, device: str | None = None, dtype: str = "auto"):
-        if batch_size is not None and int(batch_size) < 1:
-            raise ConfigError(f"{self.name}.batch_size={batch_size}: must be >= 1 (or null for the job's batch_size)")
+        batch_size = setting(f"{self.name}.batch_size", batch_size, 1, integer=True, optional=True)  # null: the job's
         self.batch_size = None if batch_size is None else int(batch_size)
         self.device_option = check_device(f"{self.name}.device", device)
         self.dtype_option = check_dtype(f"{self.name}.dtype", dtype)
@@ -145,8 +145,7 @@ class ModelSegmentation(ModelStage):
 
     def __init__(self, fallback: Any = None, feather: float = 0.002, **kwargs: Any):
         super().__init__(**kwargs)
-        if not 0.0 <= float(feather) <= 0.1:
-            raise ConfigError(f"segmentation.feather={feather}: must be in [0, 0.1]")
+        feather = setting("segmentation.feather", feather, 0.0, 0.1)
         self.feather = float(feather)
         self.fallback = build_fallback(fallback)
         self.fallback_name = fallback if isinstance(fallback, str) else (fallback or {}).get("_target_")

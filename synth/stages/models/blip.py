@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from synth.errors import ConfigError
+from synth.params import setting
 from synth.sample import Sample
 from synth.stages.models.base import ModelCaption
 from synth.stages.models.loading import check_source, hub_kwargs, load_pretrained
@@ -24,10 +24,8 @@ class Blip(ModelCaption):
                  max_new_tokens: int = 30, num_beams: int = 1,
                  template: str = "remove {degradation} from {caption}", subject: str = "subject", **kwargs: Any):
         super().__init__(template=template, subject=subject, **kwargs)
-        if int(max_new_tokens) < 1:
-            raise ConfigError(f"captioning.max_new_tokens={max_new_tokens}: must be >= 1")
-        if int(num_beams) < 1:
-            raise ConfigError(f"captioning.num_beams={num_beams}: must be >= 1")
+        max_new_tokens = setting("captioning.max_new_tokens", max_new_tokens, 1, integer=True)
+        num_beams = setting("captioning.num_beams", num_beams, 1, integer=True)
         self.source = check_source("captioning.model", model, HOW)
         self.prompt = prompt.strip() if prompt and prompt.strip() else None
         self.max_new_tokens, self.num_beams = int(max_new_tokens), int(num_beams)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from synth.errors import ConfigError, one_line
+from synth.params import setting
 from synth.sample import Sample
 from synth.stages.models.base import ModelSegmentation
 
@@ -68,13 +69,10 @@ class Sam(ModelSegmentation):
         path = Path(str(checkpoint)).expanduser()
         if not path.is_file():
             raise ConfigError(f"segmentation.checkpoint={checkpoint}: no such file; {how_to_get(model_type)}")
-        if not 0.0 <= float(margin) < 0.5:
-            raise ConfigError(f"segmentation.margin={margin}: must be in [0, 0.5)")
-        if int(points_per_side) < 1:
-            raise ConfigError(f"segmentation.points_per_side={points_per_side}: must be >= 1")
-        for key, value in (("pred_iou_thresh", pred_iou_thresh), ("stability_score_thresh", stability_score_thresh)):
-            if not 0.0 <= float(value) <= 1.0:
-                raise ConfigError(f"segmentation.{key}={value}: must be in [0, 1]")
+        margin = setting("segmentation.margin", margin, 0.0, 0.5, hi_open=True)
+        points_per_side = setting("segmentation.points_per_side", points_per_side, 1, integer=True)
+        pred_iou_thresh = setting("segmentation.pred_iou_thresh", pred_iou_thresh, 0.0, 1.0)
+        stability_score_thresh = setting("segmentation.stability_score_thresh", stability_score_thresh, 0.0, 1.0)
         self.checkpoint, self.model_type, self.prompt, self.margin = path, model_type, prompt, float(margin)
         self.generator_options = {"points_per_side": int(points_per_side), "pred_iou_thresh": float(pred_iou_thresh),
                                   "stability_score_thresh": float(stability_score_thresh)}

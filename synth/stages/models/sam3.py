@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from synth.errors import ConfigError
+from synth.params import setting
 from synth.sample import Sample
 from synth.stages.models.base import ModelSegmentation
 from synth.stages.models.loading import check_source, hub_kwargs, load_pretrained
@@ -27,9 +28,8 @@ class Sam3(ModelSegmentation):
         super().__init__(**kwargs)
         if not prompt or not str(prompt).strip():
             raise ConfigError("segmentation.prompt: required, e.g. segmentation.prompt=person")
-        for key, value in (("threshold", threshold), ("mask_threshold", mask_threshold)):
-            if not 0.0 <= float(value) <= 1.0:
-                raise ConfigError(f"segmentation.{key}={value}: must be in [0, 1]")
+        threshold = setting("segmentation.threshold", threshold, 0.0, 1.0)
+        mask_threshold = setting("segmentation.mask_threshold", mask_threshold, 0.0, 1.0)
         if instances not in ("union", "best"):
             raise ConfigError(f"segmentation.instances={instances}: choose union or best")
         self.source = check_source("segmentation.model", model, HOW)

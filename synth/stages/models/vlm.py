@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from synth.errors import ConfigError
+from synth.params import setting
 from synth.imaging import shrink
 from synth.sample import Sample
 from synth.stages.models.base import ModelCaption
@@ -32,10 +33,8 @@ class Vlm(ModelCaption):
         super().__init__(template=template, subject=subject, **kwargs)
         if not prompt or not prompt.strip():
             raise ConfigError("captioning.prompt: required with captioning=vlm")
-        if int(image_size) < 28:
-            raise ConfigError(f"captioning.image_size={image_size}: must be >= 28")
-        if int(max_new_tokens) < 1:
-            raise ConfigError(f"captioning.max_new_tokens={max_new_tokens}: must be >= 1")
+        image_size = setting("captioning.image_size", image_size, 28, integer=True)
+        max_new_tokens = setting("captioning.max_new_tokens", max_new_tokens, 1, integer=True)
         self.source = check_source("captioning.model", model, HOW)
         self.prompt, self.image_size, self.max_new_tokens = prompt.strip(), int(image_size), int(max_new_tokens)
 
