@@ -57,8 +57,7 @@ class ImageFolder:
             raise ConfigError(f"data.shard_index={shard_index}: must be in [0, {num_shards - 1}] for data.num_shards={num_shards}")
         limit = setting("data.limit", limit, 0, integer=True, optional=True)
         self.extensions = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
-        self.recursive, self.num_shards, self.shard_index = recursive, int(num_shards), int(shard_index)
-        self.limit = None if limit is None else int(limit)
+        self.recursive, self.num_shards, self.shard_index, self.limit = recursive, num_shards, shard_index, limit
         self.limits = Limits(min_side=min_side, max_side=max_side, max_pixels=max_pixels)  # validates
         self._paths: list[Path] | None = None
 

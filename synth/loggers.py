@@ -55,14 +55,12 @@ class WandbLogger(NullLogger):
         mode = MODE_ALIASES.get(mode, mode)
         if mode not in MODES:
             raise ConfigError(f"logger.mode={mode}: choose from {', '.join(MODES)}")
-        log_every_n = setting("logger.log_every_n", log_every_n, 1, integer=True)
-        max_images = setting("logger.max_images", max_images, 0, integer=True)
-        image_size = setting("logger.image_size", image_size, 16, integer=True, optional=True)  # null: full size
+        self.log_every_n = setting("logger.log_every_n", log_every_n, 1, integer=True)
+        self.max_images = setting("logger.max_images", max_images, 0, integer=True)
+        self.image_size = setting("logger.image_size", image_size, 16, integer=True, optional=True)  # null: full size
         self.init_kwargs = dict(project=project, entity=entity, group=group, job_type=job_type,
                                 tags=list(tags or []), name=name, notes=notes)
         self.mode, self.dir = mode, dir
-        self.log_every_n, self.max_images = int(log_every_n), int(max_images)
-        self.image_size = None if image_size is None else int(image_size)
         self.run: Any = None
         self.mode_used = mode
         self.num_shards = 1  # from data.num_shards at start

@@ -65,16 +65,14 @@ class Runner:
                  logger: Any = None, run_dir: str | Path = ".", seed: int = 0, batch_size: int = 4,
                  num_workers: int = 2, device: str = "auto", resume: bool = True,
                  progress_every_s: float = 30.0, max_failure_rate: float = 0.1):
-        batch_size = setting("batch_size", batch_size, 1, integer=True)
-        num_workers = setting("num_workers", num_workers, 1, integer=True)
-        seed = setting("seed", seed, integer=True)
-        progress_every_s = setting("progress_every_s", progress_every_s, 0.0)
+        self.batch_size = setting("batch_size", batch_size, 1, integer=True)
+        self.num_workers = setting("num_workers", num_workers, 1, integer=True)
+        self.seed = setting("seed", seed, integer=True)
+        self.progress_every_s = setting("progress_every_s", progress_every_s, 0.0)
         check_chain(stages)
         self.source, self.stages, self.writers = source, list(stages), list(writers)
         self.logger = logger or NullLogger()
-        self.run_dir, self.seed = Path(run_dir), int(seed)
-        self.batch_size, self.num_workers, self.device, self.resume = int(batch_size), int(num_workers), device, resume
-        self.progress_every_s = float(progress_every_s)
+        self.run_dir, self.device, self.resume = Path(run_dir), device, resume
         self.max_failure_rate = check_max_failure_rate(max_failure_rate)
         self._failure_log: FailureLog | None = None
 

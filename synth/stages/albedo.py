@@ -31,8 +31,8 @@ class Retinex(Stage):
         sigmas = list(sigmas)
         if not sigmas or any(not isinstance(s, (int, float)) or s <= 0 for s in sigmas):
             raise ConfigError(f"albedo.sigmas={sigmas}: expected a list of positive numbers")
-        balance = setting("albedo.balance", balance, 0.0, 0.5, hi_open=True)
-        self.sigmas, self.balance = [float(s) for s in sigmas], float(balance)
+        self.balance = setting("albedo.balance", balance, 0.0, 0.5, hi_open=True)
+        self.sigmas = [float(s) for s in sigmas]
         self.blend = Param.number("albedo.blend", blend, 0.0, 1.0)
 
     def process_sample(self, sample: Sample) -> None:

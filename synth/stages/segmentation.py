@@ -40,11 +40,10 @@ class GrabCut(Stage):
 
     def __init__(self, margin: float = 0.08, iterations: int = 3, work_size: int = 320,
                  feather: float = 0.004):
-        margin = setting("segmentation.margin", margin, 0.0, 0.5, hi_open=True)
-        iterations = setting("segmentation.iterations", iterations, 1, integer=True)
-        work_size = setting("segmentation.work_size", work_size, 32, integer=True)
-        feather = setting("segmentation.feather", feather, 0.0, 0.1)
-        self.margin, self.iterations, self.work_size, self.feather = margin, int(iterations), int(work_size), feather
+        self.margin = setting("segmentation.margin", margin, 0.0, 0.5, hi_open=True)
+        self.iterations = setting("segmentation.iterations", iterations, 1, integer=True)
+        self.work_size = setting("segmentation.work_size", work_size, 32, integer=True)
+        self.feather = setting("segmentation.feather", feather, 0.0, 0.1)
 
     def process_sample(self, sample: Sample) -> None:
         h, w = sample.image.shape[:2]

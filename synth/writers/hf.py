@@ -51,9 +51,8 @@ class HFDatasetWriter(ShardedWriter):
     def __init__(self, path: str | None = None, rows_per_shard: int = 1000, max_shard_mb: float = 500,
                  format: str = "png", png_compress_level: int = 1, quality: int = 95):
         super().__init__(path, format, png_compress_level, quality)
-        rows_per_shard = setting("writer.rows_per_shard", rows_per_shard, 1, integer=True)
-        max_shard_mb = setting("writer.max_shard_mb", max_shard_mb, 0.001)
-        self.rows_per_shard, self.max_shard_bytes = int(rows_per_shard), float(max_shard_mb) * 1e6
+        self.rows_per_shard = setting("writer.rows_per_shard", rows_per_shard, 1, integer=True)
+        self.max_shard_bytes = setting("writer.max_shard_mb", max_shard_mb, 0.001) * 1e6
         self._buffer: list[dict[str, Any]] = []
         self._parquet: pq.ParquetWriter | None = None
         self._paths: tuple[Path, Path] | None = None

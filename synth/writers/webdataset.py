@@ -37,9 +37,8 @@ class WebDatasetWriter(ShardedWriter):
     def __init__(self, path: str | None = None, maxcount: int = 1000, maxsize_mb: float = 1000,
                  format: str = "png", png_compress_level: int = 1, quality: int = 95, intermediates: bool = False):
         super().__init__(path, format, png_compress_level, quality)
-        maxcount = setting("writer.maxcount", maxcount, 1, integer=True)
-        maxsize_mb = setting("writer.maxsize_mb", maxsize_mb, 0.001)
-        self.maxcount, self.maxsize = int(maxcount), float(maxsize_mb) * 1e6
+        self.maxcount = setting("writer.maxcount", maxcount, 1, integer=True)
+        self.maxsize = setting("writer.maxsize_mb", maxsize_mb, 0.001) * 1e6
         self.fields = dict(FIELDS, **({name: name for name in INTERMEDIATES} if intermediates else {}))
         self._sink: wds.ShardWriter | None = None
 

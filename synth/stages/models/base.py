@@ -38,8 +38,7 @@ class ModelStage(Stage):
     """
 
     def __init__(self, batch_size: int | None = None, device: str | None = None, dtype: str = "auto"):
-        batch_size = setting(f"{self.name}.batch_size", batch_size, 1, integer=True, optional=True)  # null: the job's
-        self.batch_size = None if batch_size is None else int(batch_size)
+        self.batch_size = setting(f"{self.name}.batch_size", batch_size, 1, integer=True, optional=True)  # null: the job's
         self.device_option = check_device(f"{self.name}.device", device)
         self.dtype_option = check_dtype(f"{self.name}.dtype", dtype)
         self.device: str | None = None  # resolved in setup
@@ -145,8 +144,7 @@ class ModelSegmentation(ModelStage):
 
     def __init__(self, fallback: Any = None, feather: float = 0.002, **kwargs: Any):
         super().__init__(**kwargs)
-        feather = setting("segmentation.feather", feather, 0.0, 0.1)
-        self.feather = float(feather)
+        self.feather = setting("segmentation.feather", feather, 0.0, 0.1)
         self.fallback = build_fallback(fallback)
         self.fallback_name = fallback if isinstance(fallback, str) else (fallback or {}).get("_target_")
 

@@ -24,11 +24,10 @@ class Blip(ModelCaption):
                  max_new_tokens: int = 30, num_beams: int = 1,
                  template: str = "remove {degradation} from {caption}", subject: str = "subject", **kwargs: Any):
         super().__init__(template=template, subject=subject, **kwargs)
-        max_new_tokens = setting("captioning.max_new_tokens", max_new_tokens, 1, integer=True)
-        num_beams = setting("captioning.num_beams", num_beams, 1, integer=True)
+        self.max_new_tokens = setting("captioning.max_new_tokens", max_new_tokens, 1, integer=True)
+        self.num_beams = setting("captioning.num_beams", num_beams, 1, integer=True)
         self.source = check_source("captioning.model", model, HOW)
         self.prompt = prompt.strip() if prompt and prompt.strip() else None
-        self.max_new_tokens, self.num_beams = int(max_new_tokens), int(num_beams)
 
     def load(self) -> None:
         from transformers import BlipForConditionalGeneration, BlipProcessor

@@ -69,13 +69,13 @@ class Sam(ModelSegmentation):
         path = Path(str(checkpoint)).expanduser()
         if not path.is_file():
             raise ConfigError(f"segmentation.checkpoint={checkpoint}: no such file; {how_to_get(model_type)}")
-        margin = setting("segmentation.margin", margin, 0.0, 0.5, hi_open=True)
-        points_per_side = setting("segmentation.points_per_side", points_per_side, 1, integer=True)
-        pred_iou_thresh = setting("segmentation.pred_iou_thresh", pred_iou_thresh, 0.0, 1.0)
-        stability_score_thresh = setting("segmentation.stability_score_thresh", stability_score_thresh, 0.0, 1.0)
-        self.checkpoint, self.model_type, self.prompt, self.margin = path, model_type, prompt, float(margin)
-        self.generator_options = {"points_per_side": int(points_per_side), "pred_iou_thresh": float(pred_iou_thresh),
-                                  "stability_score_thresh": float(stability_score_thresh)}
+        self.margin = setting("segmentation.margin", margin, 0.0, 0.5, hi_open=True)
+        self.generator_options = {
+            "points_per_side": setting("segmentation.points_per_side", points_per_side, 1, integer=True),
+            "pred_iou_thresh": setting("segmentation.pred_iou_thresh", pred_iou_thresh, 0.0, 1.0),
+            "stability_score_thresh": setting("segmentation.stability_score_thresh", stability_score_thresh, 0.0, 1.0),
+        }
+        self.checkpoint, self.model_type, self.prompt = path, model_type, prompt
 
     def load(self) -> None:
         import torch

@@ -28,13 +28,12 @@ class Sam3(ModelSegmentation):
         super().__init__(**kwargs)
         if not prompt or not str(prompt).strip():
             raise ConfigError("segmentation.prompt: required, e.g. segmentation.prompt=person")
-        threshold = setting("segmentation.threshold", threshold, 0.0, 1.0)
-        mask_threshold = setting("segmentation.mask_threshold", mask_threshold, 0.0, 1.0)
+        self.threshold = setting("segmentation.threshold", threshold, 0.0, 1.0)
+        self.mask_threshold = setting("segmentation.mask_threshold", mask_threshold, 0.0, 1.0)
         if instances not in ("union", "best"):
             raise ConfigError(f"segmentation.instances={instances}: choose union or best")
         self.source = check_source("segmentation.model", model, HOW)
         self.prompt, self.instances = str(prompt).strip(), instances
-        self.threshold, self.mask_threshold = float(threshold), float(mask_threshold)
 
     def load(self) -> None:
         from transformers import Sam3Model, Sam3Processor

@@ -33,10 +33,10 @@ class Vlm(ModelCaption):
         super().__init__(template=template, subject=subject, **kwargs)
         if not prompt or not prompt.strip():
             raise ConfigError("captioning.prompt: required with captioning=vlm")
-        image_size = setting("captioning.image_size", image_size, 28, integer=True)
-        max_new_tokens = setting("captioning.max_new_tokens", max_new_tokens, 1, integer=True)
+        self.image_size = setting("captioning.image_size", image_size, 28, integer=True)
+        self.max_new_tokens = setting("captioning.max_new_tokens", max_new_tokens, 1, integer=True)
         self.source = check_source("captioning.model", model, HOW)
-        self.prompt, self.image_size, self.max_new_tokens = prompt.strip(), int(image_size), int(max_new_tokens)
+        self.prompt = prompt.strip()
 
     def load(self) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
