@@ -25,6 +25,15 @@ def compose_config(*overrides: str):
         return compose(config_name="config", overrides=list(overrides))
 
 
+def built_stage(group: str, *overrides: str):
+    """The ``group`` stage exactly as ``python -m synth OVERRIDES`` builds it, set up on the CPU."""
+    from synth.app import build
+
+    stage = build(compose_config(*overrides), group)
+    stage.setup("cpu")
+    return stage
+
+
 def run_synth(run_dir: Path, *overrides: str, check: bool = True, env: dict | None = None,
               timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m synth hydra.run.dir=RUN_DIR overrides...`` in a subprocess (logger off by default)."""

@@ -9,11 +9,10 @@ import string
 import pytest
 import torch
 
-from synth.app import build
 from synth.errors import ConfigError
 from synth.stages.captioning import describe_degradation
 from synth.stages.models.blip import Blip
-from tests.conftest import batched_and_single, compose_config, two_photos
+from tests.conftest import batched_and_single, built_stage, two_photos
 
 
 def photos():
@@ -48,10 +47,8 @@ def tiny_blip(tmp_path_factory):
 
 def make_stage(path, *overrides):
     """The stage exactly as `python -m synth captioning=blip captioning.model=PATH ...` builds it."""
-    stage = build(compose_config("captioning=blip", f"captioning.model={path}", "device=cpu",
-                                 "captioning.max_new_tokens=8", *overrides), "captioning")
-    stage.setup("cpu")
-    return stage
+    return built_stage("captioning", "captioning=blip", f"captioning.model={path}", "device=cpu",
+                       "captioning.max_new_tokens=8", *overrides)
 
 
 @pytest.mark.parametrize("prompt", [None, "a photo of"])

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from synth.app import build
 from synth.errors import ConfigError
 from synth.stages.models.sam import ARCHITECTURES, Sam, architecture
-from tests.conftest import batched_and_single, compose_config, make_sample, run_synth, sample_paths, two_photos
+from tests.conftest import batched_and_single, built_stage, make_sample, run_synth, sample_paths, two_photos
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +29,8 @@ def tiny_sam(tmp_path_factory):
 
 def make_stage(checkpoint, *overrides):
     """The stage exactly as `python -m synth segmentation=sam segmentation.checkpoint=PATH ...` builds it."""
-    stage = build(compose_config("segmentation=sam", f"segmentation.checkpoint={checkpoint}",
-                                 "segmentation.model_type=auto", *overrides), "segmentation")
-    stage.setup("cpu")
-    return stage
+    return built_stage("segmentation", "segmentation=sam", f"segmentation.checkpoint={checkpoint}",
+                       "segmentation.model_type=auto", *overrides)
 
 
 @pytest.mark.parametrize("prompt", ["center_point", "box"])

@@ -13,7 +13,7 @@ import torch
 from synth.app import build
 from synth.errors import ConfigError
 from synth.stages.models.sam3 import Sam3
-from tests.conftest import compose_config, make_sample, read_summary, run_synth, sample_paths, two_photos
+from tests.conftest import built_stage, compose_config, make_sample, read_summary, run_synth, sample_paths, two_photos
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +54,7 @@ def tiny_sam3(tmp_path_factory):
 
 def make_stage(path, *overrides):
     """The stage exactly as `python -m synth segmentation=sam3 segmentation.model=PATH ...` builds it."""
-    stage = build(compose_config("segmentation=sam3", f"segmentation.model={path}", "device=cpu", *overrides),
-                  "segmentation")
-    stage.setup("cpu")
-    return stage
+    return built_stage("segmentation", "segmentation=sam3", f"segmentation.model={path}", "device=cpu", *overrides)
 
 
 def test_sam3_batch_of_two_photos_gives_image_sized_soft_masks(tiny_sam3):

@@ -8,11 +8,10 @@ the keywords: the weights are random, so the text is too.
 import pytest
 import torch
 
-from synth.app import build
 from synth.errors import ConfigError
 from synth.stages.captioning import describe_degradation
 from synth.stages.models.vlm import Vlm
-from tests.conftest import batched_and_single, compose_config, two_photos
+from tests.conftest import batched_and_single, built_stage, two_photos
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
             "<|video_pad|>"]
@@ -66,10 +65,8 @@ def tiny_vlm(tmp_path_factory):
 
 def make_stage(path, *overrides):
     """The stage exactly as `python -m synth captioning=vlm captioning.model=PATH ...` builds it."""
-    stage = build(compose_config("captioning=vlm", f"captioning.model={path}", "device=cpu",
-                                 "captioning.max_new_tokens=12", *overrides), "captioning")
-    stage.setup("cpu")
-    return stage
+    return built_stage("captioning", "captioning=vlm", f"captioning.model={path}", "device=cpu",
+                       "captioning.max_new_tokens=12", *overrides)
 
 
 def test_vlm_batch_of_two_photos_equals_one_at_a_time(tiny_vlm):
