@@ -28,9 +28,23 @@ def rng_for(seed: int, index: int, key: str) -> np.random.Generator:
     """A generator that depends only on the run seed, the sample's global index and a key.
 
     Never on processing order, batch size, worker count or sharding; and each key gets its own
-    stream, so changing one parameter's spec does not shift the draws of another.
+    stream, so changing one parameter's spec does not shift the draws of another. The whole seed
+    is used (numpy splits a large integer into 32-bit words): seed 2**32 is not seed 0. Seeds
+    below 2**32 give the same streams as before. ``crc32``, not ``hash()``: Python salts string
+    hashes per process (PYTHONHASHSEED), which would make runs irreproducible.
     """
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index), zlib.crc32(key.encode())])
+    return np.random.default_rng([int(seed), int(index), zlib.crc32(key.encode())])
+
+
+MAX_SEED = 2**63 - 1  # metadata and the parquet writer store the seed as a signed 64-bit integer
+
+
+def check_seed(value: Any, key: str = "seed") -> int:
+    """A run seed as an int in [0, 2**63 - 1]; anything else is refused in one line naming ``key``
+    (numpy's seeding takes no negative integers; larger seeds would not fit an int64 column)."""
+    if not _is_number(value) or not math.isfinite(value) or int(value) != value or not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{key}={_show(value)}: must be an integer in [0, 2**63 - 1]")
+    return int(value)
 
 
 def _is_number(x: Any) -> bool:
@@ -71,7 +85,7 @@ class Param:
         else:
             param = cls(key, "fixed", (spec,), None, integer, odd)
         for v in param.values:
-            if not _is_number(v) or not (lo <= v <= hi) or (isinstance(v, float) and math.isnan(v)):
+            if not _is_number(v) or not math.isfinite(v) or not (lo <= v <= hi):
                 raise ConfigError(f"{key}={_show(spec)}: {v!r} is not {allowed}")
             if integer and int(v) != v:
                 raise ConfigError(f"{key}={_show(spec)}: {v!r} is not {allowed}")
@@ -136,7 +150,8 @@ def setting(key: str, value: Any, lo: float | None = None, hi: float | None = No
         None if hi is None else f"{'<' if hi_open else '<='} {hi:g}") if r)
     kind = "an integer" if integer else "a number"
     wanted = f"{kind}{' ' + rule if rule else ''}{' or null' if optional else ''}"
-    if not _is_number(value) or (integer and float(value) != int(value)):
+    # NaN compares false with every bound, and int(nan) / int(inf) raise: refuse them first.
+    if not _is_number(value) or not math.isfinite(value) or (integer and float(value) != int(value)):
         raise ConfigError(f"{key}={_show(value)}: must be {wanted}")
     value = int(value) if integer else float(value)
     if (lo is not None and value < lo) or (hi is not None and (value >= hi if hi_open else value > hi)):
@@ -145,7 +160,8 @@ def setting(key: str, value: Any, lo: float | None = None, hi: float | None = No
 
 
 def _check_weights(key: str, weights: tuple) -> tuple:
-    if not all(_is_number(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+    # A zero sum, NaN or inf would make the choice probabilities NaN mid-run: refuse them here.
+    if not all(_is_number(w) and math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
         raise ConfigError(f"{key}: weights must be non-negative numbers with a positive sum, got {list(weights)}")
     return weights
 

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from synth.params import setting
+from synth.params import check_seed, setting
 from synth.data import ImageFolder
 from synth.errors import ConfigError, OutputError
 from synth.faults import (EXIT_OUTPUT_ERROR, FailureLog, StopSignals, as_output_error, check_max_failure_rate,
@@ -67,7 +67,7 @@ class Runner:
                  progress_every_s: float = 30.0, max_failure_rate: float = 0.1):
         self.batch_size = setting("batch_size", batch_size, 1, integer=True)
         self.num_workers = setting("num_workers", num_workers, 1, integer=True)
-        self.seed = setting("seed", seed, integer=True)
+        self.seed = check_seed(seed)
         self.progress_every_s = setting("progress_every_s", progress_every_s, 0.0)
         check_chain(stages)
         self.source, self.stages, self.writers = source, list(stages), list(writers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -29,7 +30,7 @@ class Retinex(Stage):
     def __init__(self, sigmas: Sequence[float] = (15, 80, 250), balance: float = 0.01,
                  blend=(0.15, 0.25)):
         sigmas = list(sigmas)
-        if not sigmas or any(not isinstance(s, (int, float)) or s <= 0 for s in sigmas):
+        if not sigmas or any(not isinstance(s, (int, float)) or not 0 < s < math.inf for s in sigmas):  # NaN too
             raise ConfigError(f"albedo.sigmas={sigmas}: expected a list of positive numbers")
         self.balance = setting("albedo.balance", balance, 0.0, 0.5, hi_open=True)
         self.sigmas = [float(s) for s in sigmas]
