@@ -50,10 +50,11 @@ def offline() -> bool:
     return is_offline_mode()
 
 
-def check_source(key: str, source: str | None, how: str) -> str:
+def check_source(key: str, source: str | None, how: str, marker: str = "config.json") -> str:
     """Validate a ``model`` value when the stage is built, before any weights load.
 
-    A local directory must hold what ``save_pretrained`` writes (config.json at least). A hub
+    A local directory must hold what ``save_pretrained`` writes (``marker`` at least: config.json
+    for a transformers model, model_index.json for a diffusers pipeline). A hub
     id is only checked here when HF_HUB_OFFLINE is set (it must already be in the cache);
     otherwise download and access problems surface in ``setup`` through :func:`load_pretrained`.
     """
@@ -64,14 +65,14 @@ def check_source(key: str, source: str | None, how: str) -> str:
         path = Path(source).expanduser()
         if not path.is_dir():
             raise ConfigError(f"{key}={source}: no such directory; {how}")
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"{key}={source}: no config.json in this directory (expected what "
+        if not (path / marker).is_file():
+            raise ConfigError(f"{key}={source}: no {marker} in this directory (expected what "
                               f"save_pretrained writes for the model and its processor); {how}")
         return str(path)
     if offline():
         from huggingface_hub import try_to_load_from_cache
 
-        if not isinstance(try_to_load_from_cache(source, "config.json"), str):
+        if not isinstance(try_to_load_from_cache(source, marker), str):
             raise ConfigError(f"{key}={source}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
                               f"run `hf download {source}` where the Hub is reachable, or set {key} to a local "
                               "save_pretrained directory")
