@@ -44,11 +44,13 @@ class EncodedImages:
         self.sample = sample
         self._cache: dict[tuple, bytes | None] = {}
 
-    def get(self, name: str, fmt: str = "png", png_compress_level: int = 1, quality: int = 95) -> bytes | None:
+    def get(self, name: str, fmt: str = "png", png_compress_level: int = 1, quality: int = 95,
+            png_encoder: str = "auto") -> bytes | None:
         """The encoded bytes of layer ``name``, or None when no stage produced it."""
         # Settings a format ignores are left out of the key, so e.g. jpg at any PNG level is shared.
-        key = (name, fmt, png_compress_level if fmt == "png" else None, None if fmt == "png" else quality)
+        png = fmt == "png"
+        key = (name, fmt, png_compress_level if png else None, None if png else quality, png_encoder if png else None)
         if key not in self._cache:
             image = LAYERS[name](self.sample)
-            self._cache[key] = None if image is None else encode(image, fmt, png_compress_level, quality)
+            self._cache[key] = None if image is None else encode(image, fmt, png_compress_level, quality, png_encoder)
         return self._cache[key]

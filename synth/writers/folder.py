@@ -7,6 +7,7 @@ from typing import Any
 
 from synth.errors import ConfigError
 from synth.files import atomic_write, atomic_write_json, link_or_copy
+from synth.imaging import check_png_encoder
 from synth.params import setting
 from synth.sample import Sample
 from synth.writers.encoded import EncodedImages
@@ -41,12 +42,13 @@ PARAMS_FILE = "stage_3/{id}_params.json"
 METADATA_FILE = "outputs/{id}_metadata.json"
 
 
-def check_image_settings(format: str, png_compress_level: int, quality: int) -> None:
+def check_image_settings(format: str, png_compress_level: int, quality: int, png_encoder: str = "auto") -> None:
     """Validate the image settings every writer shares (messages name ``writer.<key>``)."""
     if format not in FORMATS:
         raise ConfigError(f"writer.format={format}: choose from {', '.join(FORMATS)}")
     setting("writer.png_compress_level", png_compress_level, 0, 9, integer=True)
     setting("writer.quality", quality, 1, 100, integer=True)
+    check_png_encoder("writer.png_encoder", png_encoder)
 
 
 class FolderWriter:
@@ -59,9 +61,10 @@ class FolderWriter:
     """
 
     def __init__(self, format: str = "png", png_compress_level: int = 1, quality: int = 95,
-                 intermediates: bool = True):
-        check_image_settings(format, png_compress_level, quality)
+                 intermediates: bool = True, png_encoder: str = "auto"):
+        check_image_settings(format, png_compress_level, quality, png_encoder)
         self.format, self.png_compress_level, self.quality = format, int(png_compress_level), int(quality)
+        self.png_encoder = png_encoder
         self.intermediates = bool(intermediates)
         self.root: Path | None = None
 
@@ -107,7 +110,7 @@ class FolderWriter:
         files: dict[str, str] = {}  # record key -> path relative to the run directory
         written, links = (STAGE_FILES, OUTPUT_LINKS) if self.intermediates else (TRAINING_FILES, {})
         for key, name in written.items():
-            data = images.get(key, self.format, self.png_compress_level, self.quality)
+            data = images.get(key, self.format, self.png_compress_level, self.quality, self.png_encoder)
             if data is not None:
                 path = self._path(name, sid)
                 atomic_write(path, data)

@@ -49,8 +49,8 @@ class HFDatasetWriter(ShardedWriter):
     suffix = ".parquet"
 
     def __init__(self, path: str | None = None, rows_per_shard: int = 1000, max_shard_mb: float = 500,
-                 format: str = "png", png_compress_level: int = 1, quality: int = 95):
-        super().__init__(path, format, png_compress_level, quality)
+                 format: str = "png", png_compress_level: int = 1, quality: int = 95, png_encoder: str = "auto"):
+        super().__init__(path, format, png_compress_level, quality, png_encoder)
         self.rows_per_shard = setting("writer.rows_per_shard", rows_per_shard, 1, integer=True)
         self.max_shard_bytes = setting("writer.max_shard_mb", max_shard_mb, 0.001) * 1e6
         self._buffer: list[dict[str, Any]] = []

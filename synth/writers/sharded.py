@@ -36,10 +36,11 @@ class ShardedWriter:
     suffix = ""
 
     def __init__(self, path: str | None = None, format: str = "png", png_compress_level: int = 1,
-                 quality: int = 95):
-        check_image_settings(format, png_compress_level, quality)
+                 quality: int = 95, png_encoder: str = "auto"):
+        check_image_settings(format, png_compress_level, quality, png_encoder)
         self.path = path
         self.format, self.png_compress_level, self.quality = format, int(png_compress_level), int(quality)
+        self.png_encoder = png_encoder
         self.root: Path | None = None  # the dataset: what a reader opens
         self.dir: Path | None = None  # its shards
         self.shard_index = 0
@@ -100,7 +101,7 @@ class ShardedWriter:
 
     # -- helpers for subclasses -----------------------------------------------------------------
     def _image(self, images: EncodedImages, name: str) -> bytes | None:
-        return images.get(name, self.format, self.png_compress_level, self.quality)
+        return images.get(name, self.format, self.png_compress_level, self.quality, self.png_encoder)
 
     def _new_shard_paths(self) -> tuple[Path, Path]:
         """(temporary, final) paths of the next shard."""

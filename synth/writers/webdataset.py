@@ -35,8 +35,9 @@ class WebDatasetWriter(ShardedWriter):
     suffix = ".tar"
 
     def __init__(self, path: str | None = None, maxcount: int = 1000, maxsize_mb: float = 1000,
-                 format: str = "png", png_compress_level: int = 1, quality: int = 95, intermediates: bool = False):
-        super().__init__(path, format, png_compress_level, quality)
+                 format: str = "png", png_compress_level: int = 1, quality: int = 95, intermediates: bool = False,
+                 png_encoder: str = "auto"):
+        super().__init__(path, format, png_compress_level, quality, png_encoder)
         self.maxcount = setting("writer.maxcount", maxcount, 1, integer=True)
         self.maxsize = setting("writer.maxsize_mb", maxsize_mb, 0.001) * 1e6
         self.fields = dict(FIELDS, **({name: name for name in INTERMEDIATES} if intermediates else {}))
