@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from synth.errors import ConfigError
-from synth.imaging import encode, shrink, to_uint8, with_alpha
+from synth.imaging import check_png_encoder, encode, shrink, to_uint8, with_alpha
 from synth.params import setting
 from synth.sample import Sample
 
@@ -50,7 +50,8 @@ class WandbLogger(NullLogger):
     def __init__(self, project: str = "synth", entity: str | None = None, group: str | None = None,
                  job_type: str = "generate", tags: list[str] | None = None, name: str | None = None,
                  notes: str | None = None, mode: str | None = None, dir: str | None = None,
-                 log_every_n: int = 1, max_images: int = 100, image_size: int | None = 512):
+                 log_every_n: int = 1, max_images: int = 100, image_size: int | None = 512,
+                 png_encoder: str = "auto"):
         mode = mode or os.environ.get("WANDB_MODE") or "online"
         mode = MODE_ALIASES.get(mode, mode)
         if mode not in MODES:
@@ -58,6 +59,7 @@ class WandbLogger(NullLogger):
         self.log_every_n = setting("logger.log_every_n", log_every_n, 1, integer=True)
         self.max_images = setting("logger.max_images", max_images, 0, integer=True)
         self.image_size = setting("logger.image_size", image_size, 16, integer=True, optional=True)  # null: full size
+        self.png_encoder = check_png_encoder("logger.png_encoder", png_encoder)
         self.init_kwargs = dict(project=project, entity=entity, group=group, job_type=job_type,
                                 tags=list(tags or []), name=name, notes=notes)
         self.mode, self.dir = mode, dir
@@ -170,13 +172,14 @@ class WandbLogger(NullLogger):
         return image if self.image_size is None else shrink(image, self.image_size)
 
     def _png(self, image: np.ndarray) -> str:
-        """Encode with OpenCV at PNG level 1 into a temporary file: about 6x faster than
-        wandb.Image's own PIL encoding of an array, and this runs on the pipeline's main thread."""
+        """Encode as PNG (``png_encoder``: fpng for RGB/RGBA, OpenCV level 1 for masks) into a
+        temporary file: at 512 px about 25x (fpng) or 5x (OpenCV) faster than wandb.Image's own PIL
+        encoding of an array, and this runs on the pipeline's main thread."""
         if self.tmp is None:
             self.tmp = tempfile.TemporaryDirectory(prefix="synth-wandb-")
         path = os.path.join(self.tmp.name, f"{next(self.tmp_names)}.png")
         with open(path, "wb") as f:
-            f.write(encode(image, "png", 1))
+            f.write(encode(image, "png", 1, 95, self.png_encoder))
         return path
 
     def _images(self, sample: Sample) -> dict[str, Any]:
