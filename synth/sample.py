@@ -31,6 +31,10 @@ class Sample:
     foreground: np.ndarray | None = None
     background: np.ndarray | None = None
     albedo: np.ndarray | None = None
+    # Stage 2's decomposition when it has one (albedo=marigold, lighting model): HxWx3 float32
+    # linear light with linear(image) = linear(albedo) x shading + residual on the subject.
+    shading: np.ndarray | None = None
+    residual: np.ndarray | None = None
     degraded: np.ndarray | None = None
     shadow_matte: np.ndarray | None = None
     composite: np.ndarray | None = None
