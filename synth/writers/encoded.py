@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from synth.imaging import encode, to_uint8, with_alpha
+from synth.imaging import encode, linear_to_srgb, to_uint8, with_alpha
 from synth.sample import Sample
 
 
@@ -27,11 +27,14 @@ LAYERS: dict[str, Callable[[Sample], np.ndarray | None]] = {
     "foreground": lambda s: _layered(s.foreground, s.mask),
     "background": lambda s: s.background,
     "albedo": lambda s: _layered(s.albedo, s.mask),
+    # stage 2's decomposition (linear light) as sRGB: 1 = white = the albedo unchanged; clipped at 1
+    "shading": lambda s: _layered(None if s.shading is None else linear_to_srgb(s.shading), s.mask),
+    "residual": lambda s: _layered(None if s.residual is None else linear_to_srgb(s.residual), s.mask),
     "degraded_foreground": lambda s: _layered(s.degraded, s.mask),
     "shadow_matte": lambda s: None if s.shadow_matte is None else to_uint8(s.shadow_matte),
     "composite_image": lambda s: s.composite,
 }
-INTERMEDIATES = ("foreground", "background", "albedo", "degraded_foreground", "shadow_matte")
+INTERMEDIATES = ("foreground", "background", "albedo", "shading", "residual", "degraded_foreground", "shadow_matte")
 
 
 class EncodedImages:
