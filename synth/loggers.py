@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 
 from synth.errors import ConfigError
-from synth.imaging import check_png_encoder, encode, shrink, to_uint8, with_alpha
+from synth.imaging import check_png_encoder, encode, linear_to_srgb, shrink, to_uint8, with_alpha
 from synth.params import setting
 from synth.sample import Sample
 
 MODES = ("online", "offline", "disabled")
+MAX_FAILURE_ROWS = 1000  # the W&B failures table; the job keeps O(1) state per sample
 MODE_ALIASES = {"run": "online", "dryrun": "offline"}  # older WANDB_MODE spellings
 
 
@@ -107,7 +108,8 @@ class WandbLogger(NullLogger):
         if self.run is None:
             return
         if not sample.ok:
-            self.failures.append([sample.id, sample.source, sample.error_stage, sample.error])
+            if len(self.failures) < MAX_FAILURE_ROWS:  # bounded: every failure is in failures.jsonl
+                self.failures.append([sample.id, sample.source, sample.error_stage, sample.error])
             return
         for stage, ms in sample.timings_ms.items():
             self.ms_sum[stage] = self.ms_sum.get(stage, 0.0) + ms
@@ -152,8 +154,11 @@ class WandbLogger(NullLogger):
                 run.log({"samples": samples_table(wandb, self.rows)})
             if self.failures:
                 run.log({"failures": wandb.Table(columns=["id", "source", "stage", "error"], data=self.failures)})
-            totals = {k: summary.get(k) for k in ("total", "done", "failed", "skipped_complete", "elapsed_s",
-                                                   "images_per_s", "exit_code")}
+            totals = {k: summary.get(k) for k in ("total", "complete", "done", "failed", "skipped_complete",
+                                                   "elapsed_s", "images_per_s", "exit_code")}
+            run_dir = Path(summary.get("run_dir") or ".")
+            totals["records"] = str(run_dir / summary.get("samples_file", "samples.jsonl"))  # every sample's record
+            totals["records_count"] = _count_lines(run_dir / summary.get("samples_file", "samples.jsonl"))
             totals.update({f"ms_median/{k}": v["median"] for k, v in summary.get("stage_ms", {}).items()})
             run.summary.update(totals)
         finally:
@@ -213,6 +218,9 @@ class WandbLogger(NullLogger):
         put("stage_1/foreground", layer(sample.foreground))
         put("stage_1/background", None if sample.background is None else self._fit(sample.background))
         put("stage_2/albedo", layer(sample.albedo))
+        for name in ("shading", "residual"):  # stage 2's decomposition (linear light), when it has one
+            values = getattr(sample, name)
+            put(f"stage_2/{name}", None if values is None else layer(linear_to_srgb(values)))
         put("stage_3/degraded", layer(sample.degraded))
         if sample.shadow_matte is not None:
             put("stage_3/shadow_matte", to_uint8(self._fit(sample.shadow_matte.astype(np.float32))))
@@ -249,6 +257,15 @@ def samples_table(wandb: Any, rows: list[dict[str, Any]]) -> Any:
         columns += [key for key in row if key not in columns]
     data = [[row.get(column) for column in columns] for row in rows]
     return wandb.Table(columns=columns, data=data, allow_mixed_types=True)
+
+
+def _count_lines(path: Path) -> int:
+    """Lines of a JSON-lines file, read in blocks (the records of a million samples are large)."""
+    try:
+        with open(path, "rb") as f:
+            return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+    except OSError:
+        return 0
 
 
 def _has_credentials(wandb: Any) -> bool:
