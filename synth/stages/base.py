@@ -17,6 +17,9 @@ class Stage:
     name: str = ""
     requires: tuple[str, ...] = ("image",)
     provides: tuple[str, ...] = ()
+    # True when the stage runs a model on the device: the scheduler (synth.schedule) then calls it
+    # on the main thread with whole batches; other stages run one sample at a time in the workers.
+    batched_on_device: bool = False
 
     def setup(self, device: str) -> None:
         """Load models once per process. ``device`` is 'auto', 'cpu', 'cuda' or 'cuda:N'."""
@@ -30,10 +33,15 @@ class Stage:
         raise NotImplementedError(f"{type(self).__name__} implements neither process nor process_sample")
 
 
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when a GPU is present, else 'cpu'. Imports torch only when asked."""
+def resolve_device(device: str, shard_index: int = 0) -> str:
+    """'auto' -> 'cpu' without a GPU, 'cuda' with one, and 'cuda:K' with n > 1 GPUs where
+    K = shard_index mod n: the jobs of a multirun over data.shard_index spread over the node's
+    GPUs. Any other value is kept. Imports torch only when asked."""
     if device != "auto":
         return device
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    count = torch.cuda.device_count()
+    return f"cuda:{shard_index % count}" if count > 1 else "cuda"

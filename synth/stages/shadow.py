@@ -183,6 +183,10 @@ class SoftShading(Stage):
         self.normals, self.relief = normals, float(relief)
         self.depth = DepthModel(depth_model, f"{key}.depth_model") if normals == "depth" else None
 
+    @property
+    def batched_on_device(self) -> bool:  # the depth model runs on the device
+        return self.depth is not None
+
     def setup(self, device: str) -> None:
         if self.depth is not None:
             self.depth.setup(device)
@@ -254,6 +258,10 @@ class Mix(Stage):
         needs = ([self.hard] if set(self.weights.values) != {"soft_shading"} else []) + \
                 ([self.soft] if set(self.weights.values) != {"hard"} else [])
         self.requires = tuple(dict.fromkeys(f for stage in needs for f in stage.requires))
+
+    @property
+    def batched_on_device(self) -> bool:
+        return self.soft.batched_on_device and any(choice != "hard" for choice in self.weights.values)
 
     def setup(self, device: str) -> None:
         if any(choice != "hard" for choice in self.weights.values):

@@ -37,6 +37,8 @@ class ModelStage(Stage):
     ``batch_size``, so one huge image does not slow the rest of the run.
     """
 
+    batched_on_device = True
+
     def __init__(self, batch_size: int | None = None, device: str | None = None, dtype: str = "auto"):
         self.batch_size = setting(f"{self.name}.batch_size", batch_size, 1, integer=True, optional=True)  # null: the job's
         self.device_option = check_device(f"{self.name}.device", device)

@@ -1,0 +1,148 @@
+"""The pipelined scheduler (synth.schedule): segments, order, overlap, failures, stopping,
+``num_workers=auto`` and the GPU each shard chooses.
+
+Stand-in stages sleep instead of computing: ``time.sleep`` releases the GIL like a model on
+the device or numpy/OpenCV work does, so the overlap test shows the pipeline's structure
+(device batches on the main thread beside CPU work in the workers), not the machine's speed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from synth.errors import ConfigError
+from synth.faults import StopSignals
+from synth.sample import Sample
+from synth.schedule import Pipeline, plan, worker_count
+from synth.stages.base import Stage, resolve_device
+
+
+class CpuSleep(Stage):
+    name = "albedo"
+
+    def __init__(self, seconds: float = 0.0, fail_index: int | None = None):
+        self.seconds, self.fail_index = seconds, fail_index
+
+    def process_sample(self, sample: Sample) -> None:
+        time.sleep(self.seconds(sample.index) if callable(self.seconds) else self.seconds)
+        if sample.index == self.fail_index:
+            raise ValueError("bad pixels")
+        sample.caption = f"cpu {sample.index}"
+
+
+class DeviceSleep(Stage):
+    """A model stand-in: one call per batch, on the main thread, that sleeps per sample."""
+
+    name = "segmentation"
+    batched_on_device = True
+
+    def __init__(self, seconds_per_sample: float = 0.0):
+        self.seconds, self.batches, self.threads = seconds_per_sample, [], set()
+
+    def process(self, batch: list[Sample]) -> None:
+        self.batches.append([s.index for s in batch])
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.seconds * len(batch))
+        for sample in batch:
+            sample.params["device"] = {"batch": len(self.batches) - 1}
+
+
+def load(index: int) -> Sample:
+    return Sample(index=index, id=f"{index:06d}", source=f"img{index}.png", seed=0)
+
+
+def run(stages, count: int, batch_size: int = 2, num_workers: int = 2, stop=None, written=None):
+    """Every (sample, record) the pipeline yields, in yield order."""
+    written = [] if written is None else written
+
+    def write(sample: Sample) -> dict:
+        written.append(sample.index)
+        return {"id": sample.id}
+
+    pipeline = Pipeline(stages, load, write, batch_size=batch_size, num_workers=num_workers, stop=stop)
+    return [(sample, future.result()) for sample, future in pipeline.run(range(count))]
+
+
+def test_plan_groups_cpu_runs_and_device_stages_with_decode_first_and_write_last():
+    cpu, dev = CpuSleep(), DeviceSleep()
+    assert [(s.on_device, len(s.stages)) for s in plan([cpu, cpu])] == [(False, 2)]
+    assert [(s.on_device, len(s.stages)) for s in plan([dev, cpu, cpu, dev])] == \
+        [(False, 0), (True, 1), (False, 2), (True, 1), (False, 0)]
+
+
+def test_samples_come_back_in_input_order_whatever_order_the_workers_finish():
+    slow_evens = CpuSleep(lambda index: 0.03 if index % 2 == 0 else 0.0)
+    results = run([slow_evens, DeviceSleep(), slow_evens], count=11, batch_size=3, num_workers=3)
+    assert [s.index for s, _ in results] == list(range(11))
+    assert all(record == {"id": s.id} for s, record in results)
+
+
+def test_device_batches_are_fixed_runs_of_batch_size_on_the_main_thread():
+    device = DeviceSleep()
+    run([CpuSleep(lambda index: 0.02 * (index % 3)), device], count=8, batch_size=3, num_workers=3)
+    assert device.batches == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert device.threads == {"MainThread"}
+
+
+def test_a_device_stage_overlaps_with_the_cpu_stages():
+    """Wall time close to the larger of device time and CPU time, not their sum."""
+    count, device_s, cpu_s = 12, 0.1, 0.1
+    start = time.perf_counter()
+    results = run([DeviceSleep(device_s), CpuSleep(cpu_s)], count=count, batch_size=2, num_workers=1)
+    wall = time.perf_counter() - start
+    assert len(results) == count
+    serial = count * (device_s + cpu_s)
+    assert wall < 0.8 * serial, f"{wall:.2f} s: no overlap (serial would be {serial:.2f} s)"
+
+
+def test_a_failing_sample_in_a_cpu_segment_fails_only_itself_and_is_not_written():
+    written: list[int] = []
+    results = run([DeviceSleep(), CpuSleep(fail_index=4)], count=7, batch_size=3, written=written)
+    failed = [(s.index, s.error_stage, s.error) for s, _ in results if not s.ok]
+    assert failed == [(4, "albedo", "ValueError: bad pixels")]
+    assert sorted(written) == [0, 1, 2, 3, 5, 6]
+    assert all(s.caption == f"cpu {s.index}" for s, _ in results if s.ok)
+    assert [record for s, record in results if not s.ok] == [None]
+
+
+def test_sigint_mid_run_finishes_samples_in_flight_then_stops():
+    stop = StopSignals().install()
+    try:
+        written: list[int] = []
+        pipeline = Pipeline([DeviceSleep(0.01), CpuSleep(0.02)], load, lambda s: written.append(s.index),
+                            batch_size=2, num_workers=2, stop=stop)
+        seen = []
+        for sample, future in pipeline.run(range(200)):
+            future.result()
+            seen.append(sample.index)
+            if len(seen) == 3:
+                os.kill(os.getpid(), signal.SIGINT)  # the handler only asks to stop
+    finally:
+        stop.restore()
+    assert stop.received == signal.SIGINT
+    assert seen == list(range(len(seen))) and 3 <= len(seen) < 60  # in order, and it stopped early
+    assert sorted(written) == seen  # what was in flight was finished and written; nothing else was
+
+
+def test_num_workers_auto_is_the_usable_cores_and_bad_values_name_the_key():
+    assert worker_count("auto") == len(os.sched_getaffinity(0))
+    assert worker_count(3) == 3
+    for bad in ("many", 0, 1.5):
+        with pytest.raises(ConfigError, match=r"^num_workers="):
+            worker_count(bad)
+
+
+@pytest.mark.parametrize("gpus, shard, expected", [(0, 3, "cpu"), (1, 3, "cuda"), (4, 0, "cuda:0"),
+                                                   (4, 5, "cuda:1"), (8, 7, "cuda:7")])
+def test_device_auto_puts_shard_k_on_gpu_k_mod_n(monkeypatch, gpus, shard, expected):
+    cuda = SimpleNamespace(is_available=lambda: gpus > 0, device_count=lambda: gpus)
+    monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=cuda))  # torch.cuda as on an n-GPU node
+    assert resolve_device("auto", shard_index=shard) == expected
+    assert resolve_device("cuda:2", shard_index=shard) == "cuda:2"  # an explicit device is kept
