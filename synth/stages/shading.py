@@ -116,3 +116,17 @@ def upsample(values: np.ndarray, h: int, w: int) -> np.ndarray:
     if values.shape[:2] == (h, w):
         return values
     return cv2.resize(values, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def replace_shading(albedo: np.ndarray, old: np.ndarray, residual: np.ndarray, new: np.ndarray,
+                    weight: np.ndarray) -> np.ndarray:
+    """Relight a decomposed subject: albedo x S' + residual, all HxWx3 linear RGB but ``new`` (HxW).
+
+    S' is the new shading map (1 where the surface faces the new light, as from
+    :func:`lambert_phong`) times the old shading's mean over ``weight`` (the mask), per channel:
+    the photo's light keeps its strength and colour and changes its direction. The residual (the
+    photo's non-diffuse light) is kept as it is.
+    """
+    w = weight[..., None].astype(np.float32)
+    level = (old * w).sum(axis=(0, 1)) / max(float(w.sum()), 1e-6)
+    return albedo * (new[..., None] * level.astype(np.float32)) + residual
