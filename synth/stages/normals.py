@@ -8,6 +8,9 @@ Two sources of a height field (larger = nearer the camera), turned into normals 
   (``AutoModelForDepthEstimation``, e.g. Depth Anything or DPT), loaded once per process and run
   on a batch; its relative depth is scaled to a relief proportional to the subject's size.
 
+and one source of normals directly: :class:`MarigoldNormals` (``MarigoldNormalsPipeline``
+through ``diffusers``, on the subject).
+
 Shading is smooth, so everything here runs with the long side at ``WORK`` pixels and the
 shading map is upsampled once (see :mod:`synth.stages.shading`).
 """
@@ -127,4 +130,48 @@ class DepthModel:
             depth = depth.float().cpu().numpy()
             for i, d in zip(indices, depth):
                 out[i] = d
+        return out
+
+
+class MarigoldNormals:
+    """Unit normals from a Marigold normals model (``diffusers`` ``MarigoldNormalsPipeline``), run
+    on a square around the subject (:class:`synth.stages.models.marigold.MarigoldRunner`) with the
+    model's default steps and resolution, bfloat16 on a GPU. ``model`` is a hub id (e.g.
+    ``prs-eth/marigold-normals-v1-1``) or a local ``save_pretrained`` directory; ``key`` is the
+    config key named in errors.
+    """
+
+    def __init__(self, model: str, key: str):
+        from synth.stages.models.marigold import HOW_NORMALS, MarigoldRunner
+
+        self.runner = MarigoldRunner("normals", key, model, HOW_NORMALS, prefix=key)
+        self.model_id = self.runner.source
+
+    def setup(self, device: str) -> None:
+        if self.runner.pipe is not None:
+            return
+        from synth.stages.base import resolve_device
+        from synth.stages.models.loading import resolve_dtype
+
+        device = resolve_device(device)
+        self.runner.load(device, resolve_dtype("auto", device))
+
+    def __call__(self, samples: Sequence) -> list[np.ndarray]:
+        """Per sample, HxWx3 unit normals at its working size (facing the viewer off the square)."""
+        import torch
+
+        from synth.stages.models.marigold import paste
+
+        with torch.inference_mode():
+            predicted = self.runner.predict(list(samples))
+        out = []
+        for sample, ((top, left, side), maps) in zip(samples, predicted):
+            h, w = sample.mask.shape
+            wh, ww = work_size(h, w)
+            scale = wh / h
+            normals = np.zeros((wh, ww, 3), np.float32)
+            normals[..., 2] = 1.0
+            n = resize(maps[0] * np.float32([1, -1, 1]), (max(1, round(side * scale)),) * 2)  # Marigold's y is up
+            paste(normals, n, round(top * scale), round(left * scale))
+            out.append(normals / np.maximum(np.linalg.norm(normals, axis=2, keepdims=True), 1e-6))
         return out

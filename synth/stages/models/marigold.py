@@ -91,7 +91,7 @@ class MarigoldRunner:
     def __init__(self, kind: str, key: str, model: str | None, how: str, prefix: str,
                  num_inference_steps: int | None = None, ensemble_size: int = 1,
                  processing_resolution: int | None = None):
-        self.kind, self.key, self.how, self.prefix = kind, key, how, prefix
+        self.kind, self.key, self.how = kind, key, how
         self.source = check_source(key, model, how, marker="model_index.json")
         self.steps = setting(f"{prefix}.num_inference_steps", num_inference_steps, 1, integer=True, optional=True)
         self.ensemble_size = setting(f"{prefix}.ensemble_size", ensemble_size, 1, integer=True)
@@ -127,8 +127,8 @@ class MarigoldRunner:
             if getattr(self, name) is None:
                 value = getattr(pipe, default, None)
                 if value is None:
-                    option = "num_inference_steps" if name == "steps" else "processing_resolution"
-                    raise ConfigError(f"{self.prefix}.{option}: required: {self.source}'s config has no {default}")
+                    raise ConfigError(f"{self.key}={self.source}: its model_index.json has no {default}; "
+                                      f"is it a Marigold v1-1 model? {self.how}")
                 setattr(self, name, int(value))
 
     def size(self, side: int) -> int:
