@@ -153,7 +153,7 @@ def test_specular_is_really_applied_when_chosen():
 
 
 def test_specular_and_cast_chances_are_drawn_per_image():
-    stage = SoftShading(base="foreground", specular_chance=0.5, cast_chance=0.5)
+    stage = SoftShading(base="foreground", specular_chance=0.5, cast_chance=0.5, min_visibility=0)  # first draws
     draws = []
     for index in range(12):
         sample = grey_card(32, index=index)
@@ -212,7 +212,7 @@ def test_depth_normals_through_transformers(tiny_depth_model):
     shape and another for a different shape, depth -> normals -> shading), not depth quality: the
     model is tiny and random."""
     stage = SoftShading(normals="depth", depth_model=str(tiny_depth_model), base="foreground",
-                        specular_chance=0.0, cast_chance=0.0)
+                        specular_chance=0.0, cast_chance=0.0, min_visibility=0)  # random model: flat light
     stage.setup("cpu")
     batch = [grey_card(64, index=0), grey_card(64, index=1), grey_card(48, index=2)]
     for s in batch:

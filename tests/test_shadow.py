@@ -10,7 +10,7 @@ import pytest
 
 from conftest import compose_config, make_sample, soft_disc_mask
 from synth.app import build
-from synth.errors import ConfigError
+from synth.errors import ConfigError, SampleError
 from synth.imaging import kernel_to_sigma, srgb_to_linear
 from synth.sample import Sample
 from synth.stages.captioning import describe_degradation
@@ -95,8 +95,10 @@ def test_subject_box():
     mask[2:5, 7:9] = 0.3
     assert subject_box(mask) == (slice(2, 5), slice(7, 9))
     empty = grey_card(32, mask=np.zeros((32, 32), np.float32))
-    HardShadow(base="foreground").process([empty])  # nothing to shadow: no error, unchanged
+    HardShadow(base="foreground", min_visibility=0).process([empty])  # nothing to shadow: unchanged
     assert np.array_equal(empty.degraded, empty.image) and not empty.shadow_matte.any()
+    with pytest.raises(SampleError, match="degradation not visible"):  # and no pair to learn from
+        HardShadow(base="foreground").process([grey_card(32, mask=np.zeros((32, 32), np.float32))])
 
 
 def test_every_drawn_value_is_recorded_and_serialisable():
