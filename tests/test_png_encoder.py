@@ -25,7 +25,7 @@ from synth.imaging import encode, png_encoder_for, to_uint8, with_alpha
 from synth.writers.folder import FolderWriter
 from tests.conftest import compose_config, make_sample, soft_disc_mask
 
-JOB = ("data.limit=2", "logger=none", "num_workers=2", "writers=[webdataset,hf]",
+JOB = ("data.limit=2", "data.max_side=160", "logger=none", "num_workers=2", "writers=[webdataset,hf]",
        "writers.webdataset.intermediates=true")
 
 
