@@ -160,6 +160,7 @@ class _Slot:
     sample: Sample | None = None
     step: int = 0
     future: Future | None = None
+    written: bool = False  # handed to ``write`` (not failed before it)
 
 
 class Pipeline:
@@ -187,6 +188,7 @@ class Pipeline:
         for stage in self.segments[step].stages:
             run_stage(stage, [slot.sample])
         if step == len(self.segments) - 1 and slot.sample.ok:
+            slot.written = True
             return self.write(slot.sample)
         return None
 
@@ -195,9 +197,10 @@ class Pipeline:
         slot.future = pool.submit((step, slot.position), self._run_cpu, slot, step)
 
     # -- the main thread ---------------------------------------------------------------------------
-    def run(self, items: Iterable[Any]) -> Iterator[tuple[Sample, Future]]:
-        """Yield ``(sample, written)`` in input order: ``written.result()`` is ``write``'s record,
-        None for a sample that failed before writing, or raises what ``write`` raised."""
+    def run(self, items: Iterable[Any]) -> Iterator[tuple[Sample, Future | None]]:
+        """Yield ``(sample, written)`` in input order: ``written`` is None for a sample that failed
+        before writing, else a done future whose ``result()`` is ``write``'s record or raises what
+        ``write`` raised. ``items`` is consumed lazily, as the window has room."""
         last = len(self.segments) - 1
         device_steps = [k for k, s in enumerate(self.segments) if s.on_device][::-1]  # later ones drain first
         pool = WorkerPool(self.num_workers)
@@ -237,7 +240,7 @@ class Pipeline:
                     for slot in done:
                         if slot.sample is None:
                             slot.future.result()  # load itself raised: a bug, not a bad file
-                        yield slot.sample, slot.future
+                        yield slot.sample, slot.future if slot.written else None
                     continue
                 if not window and exhausted:
                     return

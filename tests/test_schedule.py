@@ -67,7 +67,7 @@ def run(stages, count: int, batch_size: int = 2, num_workers: int = 2, stop=None
         return {"id": sample.id}
 
     pipeline = Pipeline(stages, load, write, batch_size=batch_size, num_workers=num_workers, stop=stop)
-    return [(sample, future.result()) for sample, future in pipeline.run(range(count))]
+    return [(sample, future and future.result()) for sample, future in pipeline.run(range(count))]
 
 
 def test_plan_groups_cpu_runs_and_device_stages_with_decode_first_and_write_last():
@@ -109,7 +109,7 @@ def test_a_failing_sample_in_a_cpu_segment_fails_only_itself_and_is_not_written(
     assert failed == [(4, "albedo", "ValueError: bad pixels")]
     assert sorted(written) == [0, 1, 2, 3, 5, 6]
     assert all(s.caption == f"cpu {s.index}" for s, _ in results if s.ok)
-    assert [record for s, record in results if not s.ok] == [None]
+    assert [record for s, record in results if not s.ok] == [None]  # not handed to write
 
 
 def test_sigint_mid_run_finishes_samples_in_flight_then_stops():
@@ -120,7 +120,7 @@ def test_sigint_mid_run_finishes_samples_in_flight_then_stops():
                             batch_size=2, num_workers=2, stop=stop)
         seen = []
         for sample, future in pipeline.run(range(200)):
-            future.result()
+            assert future.result() is None
             seen.append(sample.index)
             if len(seen) == 3:
                 os.kill(os.getpid(), signal.SIGINT)  # the handler only asks to stop
@@ -146,3 +146,37 @@ def test_device_auto_puts_shard_k_on_gpu_k_mod_n(monkeypatch, gpus, shard, expec
     monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=cuda))  # torch.cuda as on an n-GPU node
     assert resolve_device("auto", shard_index=shard) == expected
     assert resolve_device("cuda:2", shard_index=shard) == "cuda:2"  # an explicit device is kept
+
+
+def test_a_write_error_reaches_the_caller_for_that_sample_only():
+    def write(sample: Sample) -> dict:
+        if sample.index == 2:
+            raise OSError(28, "No space left on device")
+        return {"id": sample.id}
+
+    pipeline = Pipeline([CpuSleep()], load, write, batch_size=2, num_workers=2)
+    outcomes = []
+    for sample, written in pipeline.run(range(5)):
+        try:
+            outcomes.append(written.result()["id"])
+        except OSError as err:
+            outcomes.append(err.strerror)
+    assert outcomes == ["000000", "000001", "No space left on device", "000003", "000004"]
+
+
+def test_samples_in_flight_stay_within_the_window():
+    """Memory stays flat: never more than ``window`` decoded samples that were not handed back."""
+    in_flight, peak, lock = set(), [0], threading.Lock()
+
+    def counting_load(index: int) -> Sample:
+        with lock:
+            in_flight.add(index)
+            peak[0] = max(peak[0], len(in_flight))
+        return load(index)
+
+    pipeline = Pipeline([DeviceSleep(0.002), CpuSleep(0.002)], counting_load, lambda s: None,
+                        batch_size=3, num_workers=2)
+    for sample, _ in pipeline.run(range(60)):
+        with lock:
+            in_flight.discard(sample.index)
+    assert pipeline.window == 2 * 2 + 3 * 3 and 3 <= peak[0] <= pipeline.window
