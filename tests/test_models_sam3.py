@@ -13,7 +13,7 @@ import torch
 from synth.app import build
 from synth.errors import ConfigError
 from synth.stages.models.sam3 import Sam3
-from tests.conftest import built_stage, compose_config, make_sample, read_summary, run_synth, sample_paths, two_photos
+from tests.conftest import read_samples, built_stage, compose_config, make_sample, read_summary, run_synth, sample_paths, two_photos
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +165,39 @@ def test_sam3_job_end_to_end_through_the_cli(tiny_sam3, tmp_path):
               "segmentation.fallback=grabcut", "device=cpu", "batch_size=2")
     summary = read_summary(run_dir)
     assert summary["done"] == 4 and summary["failed"] == 0
-    for record in summary["samples"]:
+    for record in read_samples(summary["run_dir"]):
         assert (run_dir / "stage_1" / f"{record['image_id']}_mask.png").is_file()
         assert record["params"]["segmentation"]["method"] == "sam3"
+
+
+@pytest.mark.parametrize("instances", ["union", "best"])
+def test_sam3_device_post_processing_matches_the_processors(tiny_sam3, instances):
+    """Code path, not quality: the mask reduced, resized and feathered on the device (here CPU
+    tensors, the same code) equals the processor's own post-processing (every kept instance at
+    full size) followed by the CPU feathering, to 8-bit rounding; only that one uint8 HxW mask
+    per image reaches apply()."""
+    from synth.imaging import gaussian_blur, to_uint8
+
+    stage = make_stage(tiny_sam3, "segmentation.threshold=0.2", f"segmentation.instances={instances}")
+    crossed, apply = [], stage.apply
+    stage.apply = lambda sample, result: (crossed.append(result[1]), apply(sample, result))
+    batch = two_photos()
+    stage.process(batch)
+
+    inputs = stage.processor(images=[s.image for s in batch], text=["person"] * 2, return_tensors="pt")
+    with torch.inference_mode():
+        outputs = stage.model(**inputs)
+    outputs.pred_masks = outputs.pred_masks.float()
+    results = stage.processor.post_process_instance_segmentation(
+        outputs, threshold=0.2, mask_threshold=0.5, target_sizes=[s.image.shape[:2] for s in batch])
+    for sample, result, mask in zip(batch, results, crossed):
+        h, w = sample.image.shape[:2]
+        assert mask.dtype == np.uint8 and mask.shape == (h, w)
+        scores, masks = result["scores"].numpy(), result["masks"].numpy().astype(bool)
+        hard = masks[int(np.argmax(scores))] if instances == "best" else masks.any(axis=0)
+        assert 0 < hard.mean() < 1, "the comparison needs a mask with an edge"
+        want = gaussian_blur(hard.astype(np.float32), stage.feather * max(h, w))
+        assert np.abs(sample.mask - want).max() <= 0.5 / 255 + 1e-6
+        assert np.abs(to_uint8(sample.mask).astype(int) - to_uint8(want)).max() <= 1
+        kept = [scores.max()] if instances == "best" else sorted(scores, reverse=True)
+        assert sample.params["segmentation"]["scores"] == [round(float(s), 4) for s in kept]

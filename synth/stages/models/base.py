@@ -18,13 +18,12 @@ import numpy as np
 
 from synth.params import setting
 from synth.errors import ConfigError, SampleError, one_line
-from synth.imaging import gaussian_blur
 from synth.sample import Sample
 from synth.stages.base import Stage, resolve_device
 from synth.stages.captioning import check_template, describe_degradation
 from synth.stages.models.loading import (check_device, check_dtype, free_accelerator_memory, is_out_of_memory,
                                          resolve_dtype)
-from synth.stages.segmentation import set_mask
+from synth.stages.segmentation import empty_mask_reason, set_mask
 
 
 class ModelStage(Stage):
@@ -135,10 +134,70 @@ def build_fallback(spec: Any) -> Stage | None:
     return stage
 
 
+def blur_on_device(image: Any, sigma: float, max_sigma: float = 4.0) -> Any:
+    """:func:`synth.imaging.gaussian_blur` for an HxW float32 torch tensor, on its device.
+
+    The same plan (a direct Gaussian for small sigmas; area-downsample, blur, bilinear upsample for
+    large ones), kernel size and mirrored border as OpenCV's, so a mask feathered here matches the
+    CPU's to float rounding.
+    """
+    import torch.nn.functional as F
+
+    if sigma <= 0:
+        return image
+    h, w = image.shape
+    factor = max(1.0, sigma / max_sigma)
+    if factor < 2.0:
+        return _gaussian(image[None, None], sigma)[0, 0]
+    small = _area_resize(image, max(1, round(h / factor)), max(1, round(w / factor)))[None, None]
+    residual = max(0.0, (sigma / factor) ** 2 - 1 / 12.0) ** 0.5  # area averaging already blurred a little
+    small = _gaussian(small, residual)
+    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+
+
+def _area_resize(image: Any, h: int, w: int) -> Any:
+    """cv2.INTER_AREA downsampling of an HxW tensor: each output pixel averages the source area it
+    covers, weighting partly covered pixels (torch's 'area' mode does not, at non-integer ratios)."""
+    import torch
+
+    def weights(n_out: int, n_in: int) -> Any:
+        scale = n_in / n_out
+        lo = torch.arange(n_out, dtype=torch.float64)[:, None] * scale
+        left = torch.arange(n_in, dtype=torch.float64)[None, :]
+        overlap = (torch.minimum(lo + scale, left + 1) - torch.maximum(lo, left)).clamp(min=0)
+        return (overlap / scale).to(image.device, torch.float32)
+
+    return weights(h, image.shape[0]) @ image @ weights(w, image.shape[1]).T
+
+
+def _gaussian(image: Any, sigma: float) -> Any:
+    """Separable Gaussian of a (1, 1, H, W) tensor like cv2.GaussianBlur(float32, sigma, BORDER_REFLECT)."""
+    import torch
+    import torch.nn.functional as F
+
+    if sigma <= 0:
+        return image
+    size = round(sigma * 8 + 1) | 1  # OpenCV's kernel size for float images: cvRound(sigma * 4 * 2 + 1) | 1
+    offsets = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    kernel = torch.exp(-offsets ** 2 / (2 * sigma ** 2))
+    kernel = (kernel / kernel.sum()).to(image.device, torch.float32)
+    r = size // 2
+    for axis in (3, 2):
+        n = image.shape[axis]
+        index = torch.arange(-r, n + r, device=image.device) % (2 * n)  # BORDER_REFLECT: fedcba|abcdef|fedcba
+        index = torch.where(index >= n, 2 * n - 1 - index, index)
+        padded = image.index_select(axis, index)
+        weights = kernel.view(1, 1, 1, size) if axis == 3 else kernel.view(1, 1, size, 1)
+        image = F.conv2d(padded, weights)
+    return image
+
+
 class ModelSegmentation(ModelStage):
-    """Stage 1 by a model. ``apply`` receives a hard HxW mask or None (nothing found); the edge is
-    feathered like grabcut's, and 'nothing found' fails the sample unless ``fallback`` names
-    another segmentation option to use for it instead."""
+    """Stage 1 by a model. ``infer`` reduces each image to one hard mask on the device and hands it
+    to :meth:`to_mask`, which feathers the edge like grabcut's there and copies the result to the
+    CPU as uint8 (HxW): the only per-pixel data that leaves the device. ``apply`` then receives
+    that uint8 mask or None (nothing found); 'nothing found' fails the sample unless ``fallback``
+    names another segmentation option to use for it instead."""
 
     name = "segmentation"
     provides = ("mask", "foreground", "background")
@@ -155,9 +214,21 @@ class ModelSegmentation(ModelStage):
         if self.fallback is not None:
             self.fallback.setup(device)
 
+    def to_mask(self, hard: Any) -> np.ndarray:
+        """A hard HxW torch mask (bool) -> the feathered mask as uint8 on the CPU, rounded as
+        :func:`synth.imaging.to_uint8` rounds (so the written mask.png is the same either way)."""
+        import torch
+
+        h, w = hard.shape
+        soft = blur_on_device(hard.float(), self.feather * max(h, w))
+        return (soft.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+
     def finish(self, sample: Sample, mask: np.ndarray | None, reason: str, **params: Any) -> None:
-        """Store ``mask`` (bool or [0, 1], image-sized) or, when it is None or empty, fall back."""
-        if mask is None or not mask.any():
+        """Store ``mask`` (uint8 from :meth:`to_mask`, image-sized) or, when it is None or (almost)
+        empty, fall back: a speck of a few pixels is no subject either."""
+        if mask is not None and mask.any():
+            reason = empty_mask_reason(mask.astype(np.float32) / 255.0, f"{self.method}'s mask") or ""
+        if mask is None or reason:
             if self.fallback is None:
                 raise SampleError(reason)
             self.fallback.process([sample])
@@ -165,9 +236,7 @@ class ModelSegmentation(ModelStage):
             sample.params.setdefault(self.name, {}).update(
                 {"method": self.method, "fallback": self.fallback_name, "fallback_reason": reason})
             return
-        mask = mask.astype(np.float32)
-        h, w = mask.shape
-        set_mask(sample, gaussian_blur(mask, self.feather * max(h, w)))
+        set_mask(sample, mask.astype(np.float32) / 255.0)
         sample.params[self.name] = {"method": self.method, **params}
 
 
