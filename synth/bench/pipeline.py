@@ -2,8 +2,9 @@
 
 Inputs are the bundled photos resized to SIZE x SIZE (cycled to COUNT files) with masks given
 (``segmentation=mask_folder``), and every reference artifact is written. Each repeat is a real
-``python -m synth`` job; throughput comes from the job's own clock (decode to last write),
-so interpreter start-up is excluded. A re-implementation of the reference's non-model stages
+``python -m synth`` job per PNG encoder (``writer.png_encoder``, cv2 and auto by default, runs
+interleaved); throughput comes from the job's own clock (decode to last write), so interpreter
+start-up is excluded. A re-implementation of the reference's non-model stages
 (full-resolution Retinex blurs, its float32 composite, twelve default-compression PNG writes)
 runs in the same process as the baseline for the ratio.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -56,6 +58,16 @@ def masked_job(workdir: Path, count: int, size: int, extra: list[str]) -> list[s
     images_dir, masks_dir = prepare_inputs(workdir, count, size)
     return ["data=folder", f"data.path={images_dir}", "segmentation=mask_folder",
             f"segmentation.path={masks_dir}", *extra]
+
+
+def bytes_on_disk(run_dir: Path) -> int:
+    """Total size of the files under ``run_dir``, each hard-linked file counted once."""
+    sizes = {}
+    for path in Path(run_dir).rglob("*"):
+        if path.is_file():
+            st = path.stat()
+            sizes[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(sizes.values())
 
 
 def time_run(run_dir: Path, overrides: list[str]) -> dict:
@@ -114,25 +126,44 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--size", type=int, default=1024, help="image side in pixels")
     parser.add_argument("--repeats", type=int, default=5, help="runs; the median is reported")
     parser.add_argument("--baseline-count", type=int, default=2, help="images for the reference baseline (0 skips)")
+    parser.add_argument("--encoders", default="cv2,auto", help="writer.png_encoder values to compare, comma-separated")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args(argv)
+    encoders = args.encoders.split(",")
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         base = masked_job(tmp, args.count, args.size, args.overrides)
         print(f"synth pipeline benchmark: {args.count} images of {args.size}x{args.size}, "
-              f"masks given, all artifacts written, {args.repeats} runs")
-        rates, stage_ms = [], {}
+              f"masks given, all artifacts written, {args.repeats} runs per PNG encoder")
+        rates: dict[str, list[float]] = {e: [] for e in encoders}
+        write_ms: dict[str, list[float]] = {e: [] for e in encoders}
+        sizes: dict[str, int] = {}
+        stage_ms: dict[str, list[float]] = {}
         for r in range(args.repeats):
-            summary = time_run(tmp / f"run{r}", base)
-            rates.append(summary["images_per_s"])
-            for stage, ms in summary["stage_ms"].items():
-                stage_ms.setdefault(stage, []).append(ms["median"])
-            print(f"  run {r + 1}: {summary['images_per_s']:.2f} images/s")
-        rate = statistics.median(rates)
-        print(f"synth: {rate:.2f} images/s (median of {args.repeats})")
-        print("  per-image ms (median): " + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in stage_ms.items()))
+            for encoder in encoders:  # interleaved, so that load changes on the machine hit both alike
+                run_dir = tmp / f"run-{encoder}-{r}"
+                summary = time_run(run_dir, [*base, f"writer.png_encoder={encoder}"])
+                rates[encoder].append(summary["images_per_s"])
+                write_ms[encoder].append(summary["stage_ms"]["write"]["median"])
+                sizes[encoder] = bytes_on_disk(run_dir) // max(1, summary["done"])
+                for stage, ms in summary["stage_ms"].items():
+                    if stage != "write" and encoder == encoders[-1]:
+                        stage_ms.setdefault(stage, []).append(ms["median"])
+                shutil.rmtree(run_dir)  # 24 samples at 1024 px are about 200 MB
+                print(f"  run {r + 1} png_encoder={encoder}: {summary['images_per_s']:.2f} images/s")
+        print(f"{'png_encoder':<12} {'images/s':>9} {'(runs)':>13} {'write ms/image':>15} {'MB/sample':>10}")
+        for e in encoders:
+            print(f"{e:<12} {statistics.median(rates[e]):>9.2f} {min(rates[e]):>6.2f}-{max(rates[e]):<6.2f} "
+                  f"{statistics.median(write_ms[e]):>15.0f} {sizes[e] / 1e6:>10.2f}")
+        first, last = encoders[0], encoders[-1]
+        rate = statistics.median(rates[last])
+        if last != first:
+            print(f"{last} vs {first}: {rate / statistics.median(rates[first]):.2f}x images/s, "
+                  f"{sizes[last] / sizes[first]:.2f}x size")
+        print(f"  per-image ms of the other stages (median, png_encoder={last}): "
+              + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in stage_ms.items()))
         if args.baseline_count:
             ref = bench_reference(tmp / "images", tmp / "masks", args.baseline_count)
             print(f"reference re-implementation: {ref:.3f} images/s ({args.baseline_count} images)")
-            print(f"speed-up: {rate / ref:.1f}x")
+            print(f"speed-up (png_encoder={last}): {rate / ref:.1f}x")
