@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -46,6 +47,9 @@ def build_writers(cfg: DictConfig) -> list[Any]:
         if any(type(w) is type(writer) for w in writers):
             raise ConfigError(f"writers.{name}: already selected by `writer` or earlier in `writers`; list each writer once")
         writers.append(writer)
+    if not writers:  # every sample would be processed and thrown away
+        raise ConfigError("writer: none selected (writer=null or ~writer, and no writers=[...]): nothing would "
+                          "be written; choose one, e.g. writer=folder")
     return writers
 
 
@@ -74,14 +78,14 @@ def format_summary(summary: dict[str, Any]) -> str:
              f"in {summary['elapsed_s']:.1f} s ({summary['images_per_s'] or 0:.2f} images/s)"]
     if summary["stage_ms"]:
         lines.append("  ms per image: " + ", ".join(f"{k} {v['median']:.0f}" for k, v in summary["stage_ms"].items()))
-    for failure in summary["failures"][:10]:
+    for failure in summary["failures"]:  # the first few: metadata.json's list is bounded
         lines.append(f"  failed {failure['id']} {failure['path']} at {failure['stage']}: {failure['error']}")
-    if len(summary["failures"]) > 10:
-        lines.append(f"  ... {len(summary['failures']) - 10} more failures in failures.jsonl")
-    lines.append(f"  outputs: {summary['run_dir']}")
+    if summary["failed"] > len(summary["failures"]):
+        lines.append(f"  ... {summary['failed'] - len(summary['failures'])} more failures in {summary['failures_file']}")
+    lines.append(f"  outputs: {summary['run_dir']} (records: {summary['samples_file']})")
     if summary.get("exit_reason"):
         lines.append(f"  exit {summary['exit_code']}: {summary['exit_reason']}")
-    return printable("\n".join(lines))
+    return "\n".join(printable(line) for line in lines)  # each line escaped: a path cannot add one
 
 
 @hydra.main(version_base="1.3", config_path="pkg://synth.conf", config_name="config")
@@ -90,7 +94,7 @@ def main(cfg: DictConfig) -> None:
     try:
         runner = build_runner(cfg, run_dir)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {printable(str(err))}", file=sys.stderr)
         raise SystemExit(2) from None
     try:
         summary = runner.run(config=OmegaConf.to_container(cfg, resolve=True))
@@ -98,11 +102,23 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {printable(str(err))}", file=sys.stderr)
         raise SystemExit(EXIT_OUTPUT_ERROR) from None
     except ConfigError as err:  # found in a stage's setup(), e.g. gated or missing model weights
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {printable(str(err))}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(format_summary(summary))
+    _print_summary(format_summary(summary))
     if summary["exit_code"]:
         raise SystemExit(summary["exit_code"])
+
+
+def _print_summary(text: str) -> None:
+    """A closed stdout, or a pipe whose reader has gone, must not turn a finished job into exit 1:
+    the job is done and metadata.json says so."""
+    try:
+        print(text, flush=True)
+    except (OSError, ValueError):
+        try:  # the exit-time flush of what is still buffered would fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
 
 
 def group_options(group: str) -> list[str]:
@@ -152,9 +168,21 @@ def _exit_unless_creatable(path: str) -> None:
         raise SystemExit(EXIT_OUTPUT_ERROR) from None
 
 
+def drop_null_groups(argv: list[str]) -> list[str]:
+    """``writer=null`` means "no writer", as ``~writer`` does (Hydra refuses null for a group
+    override with a traceback); a group left empty is then checked like any other config."""
+    out = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        is_group = sep and name.isidentifier() and resources.files("synth.conf").joinpath(name).is_dir()
+        out.append(f"~{name}" if is_group and value == "null" else arg)
+    return out
+
+
 def cli() -> None:
     problem = check_group_choices(sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(2)
+    sys.argv[1:] = drop_null_groups(sys.argv[1:])
     main()

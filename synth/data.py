@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 from synth.decode import Limits, decode
 from synth.errors import ConfigError, SampleError
 from synth.faults import printable
 from synth.files import atomic_write
 from synth.params import setting
+from synth.rundir import marks_run_dir
 from synth.sample import Sample
 
 log = logging.getLogger("synth")
@@ -59,23 +61,52 @@ class ImageFolder:
         self.extensions = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
         self.recursive, self.num_shards, self.shard_index, self.limit = recursive, num_shards, shard_index, limit
         self.limits = Limits(min_side=min_side, max_side=max_side, max_pixels=max_pixels)  # validates
-        self._paths: list[Path] | None = None
+        self.skip_dirs: set[str] = set()  # the run directory: never listed as input (see skip())
+        self._paths: list[str] | None = None
+
+    def skip(self, directory: str | Path) -> None:
+        """Never list ``directory`` (the job's run directory) as input, even inside ``path``.
+        Call before the listing is first used."""
+        self.skip_dirs.add(os.path.realpath(directory))
 
     @property
-    def paths(self) -> list[Path]:
-        """All input paths (every shard), sorted; ``limit`` keeps the first N."""
+    def paths(self) -> list[str]:
+        """Every input (every shard), sorted, as compact strings relative to ``root``; ``limit``
+        keeps the first N. One string per input is all a job holds per input."""
         if self._paths is None:
-            pattern = "**/*" if self.recursive else "*"
-            found = [p for p in self.root.glob(pattern) if p.suffix.lower() in self.extensions and p.is_file()]
-            found.sort(key=lambda p: p.relative_to(self.root).as_posix())
+            found = _list_images(self.root, self.extensions, self.recursive, self.skip_dirs)
             self._paths = found[: self.limit] if self.limit is not None else found
         return self._paths
 
-    def items(self) -> list[Item]:
-        """This shard's items, in order."""
-        width = max(6, len(str(max(len(self.paths) - 1, 0))))
-        return [Item(i, f"{i:0{width}d}", str(p)) for i, p in enumerate(self.paths)
-                if i % self.num_shards == self.shard_index]
+    @property
+    def total(self) -> int:
+        """Inputs in the listing, all shards."""
+        return len(self.paths)
+
+    def indices(self) -> range:
+        """This shard's global indices, in order (no per-item objects for other shards)."""
+        return range(self.shard_index, self.total, self.num_shards)
+
+    def id_of(self, index: int) -> str:
+        return f"{index:0{max(6, len(str(max(self.total - 1, 0))))}d}"
+
+    def item(self, index: int) -> Item:
+        return Item(index, self.id_of(index), str(self.root / self.paths[index]))
+
+    def items(self) -> Iterator[Item]:
+        """This shard's items, in order, built one at a time."""
+        return (self.item(i) for i in self.indices())
+
+    def entries(self) -> Iterator[tuple[int, str, str, int, int]]:
+        """This shard's ``(index, id, path as listed, size, mtime_ns)``: what the run directory's
+        manifest pins (one stat per input of this shard; -1 where it cannot be read)."""
+        for index in self.indices():
+            try:
+                st = os.stat(self.root / self.paths[index])
+                size, mtime = st.st_size, st.st_mtime_ns
+            except OSError:
+                size, mtime = -1, 0
+            yield index, self.id_of(index), self.paths[index], size, mtime
 
     def load(self, item: Item, seed: int) -> Sample:
         """Decode one item into a fresh Sample (runs in a worker thread).
@@ -117,37 +148,91 @@ class CsvSource(ImageFolder):
         self.csv_path = Path(path).expanduser()
         if not self.csv_path.is_file():
             raise ConfigError(f"data.path={path}: not a file")
+        self.column = column
         with open(self.csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             self.fieldnames = list(reader.fieldnames or [])
             if column not in self.fieldnames:
                 raise ConfigError(f"data.column={column}: not a column of {path} "
                                   f"(columns: {', '.join(self.fieldnames) or 'none'})")
-            self.rows = list(reader)
         super().__init__(path=str(self.csv_path.parent), num_shards=num_shards, shard_index=shard_index,
                          limit=limit, **limits)
-        self.column = column
+
+    def _rows(self) -> Iterator[dict]:
+        """The CSV's rows, streamed (rows are read again when needed, never all held)."""
+        with open(self.csv_path, newline="", encoding="utf-8-sig") as f:
+            yield from csv.DictReader(f)
 
     @property
-    def paths(self) -> list[Path]:
-        """Every row's path (every shard), in file order; ``limit`` keeps the first N rows."""
+    def paths(self) -> list[str]:
+        """Every row's path as written (every shard), in file order; ``limit`` keeps the first N rows.
+        Relative paths are relative to the CSV's folder (``root``)."""
         if self._paths is None:
-            rows = self.rows if self.limit is None else self.rows[: self.limit]
-            self._paths = [self.root / os.path.expanduser((row.get(self.column) or "").strip()) for row in rows]
+            rows = itertools.islice(self._rows(), self.limit)
+            self._paths = [os.path.expanduser((row.get(self.column) or "").strip()) for row in rows]
         return self._paths
 
-    def write_outputs(self, run_dir: Path, outputs: dict[str, Path | None]) -> Path:
-        """Write ``<stem>_with_outputs.csv``: this shard's rows, each with its output path."""
+    def write_outputs(self, run_dir: Path, output_of: Callable[[int], str | None]) -> Path:
+        """Write ``<stem>_with_outputs.csv``: this shard's rows (streamed), each with the output
+        path ``output_of(index)`` returns (empty for None)."""
         fields = self.fieldnames + [self.OUTPUT_COLUMN] * (self.OUTPUT_COLUMN not in self.fieldnames)
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        for item in self.items():
-            output = outputs.get(item.id)
-            writer.writerow({**self.rows[item.index], self.OUTPUT_COLUMN: os.path.abspath(output) if output else ""})
         target = Path(run_dir) / f"{self.csv_path.stem}_with_outputs.csv"
-        atomic_write(target, text.getvalue().encode())
+
+        def lines() -> Iterator[bytes]:
+            text = io.StringIO()
+            writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+            writer.writeheader()
+            for index, row in enumerate(itertools.islice(self._rows(), self.limit)):
+                if index % self.num_shards == self.shard_index:
+                    writer.writerow({**row, self.OUTPUT_COLUMN: output_of(index) or ""})
+                if text.tell() > 1 << 16:
+                    yield text.getvalue().encode()
+                    text.seek(0)
+                    text.truncate()
+            yield text.getvalue().encode()
+
+        atomic_write(target, lines())
         return target
+
+
+def _list_images(root: Path, extensions: tuple[str, ...], recursive: bool, skip: set[str]) -> list[str]:
+    """Relative posix paths of the image files under ``root``, sorted. Skipped: ``skip`` and
+    any synth run directory (see ``marks_run_dir``: Hydra's outputs/ inside
+    ``data.path`` must not feed a job its own outputs). A path the system cannot open (longer
+    than PATH_MAX, unreadable) is skipped with one warning, not fatal."""
+    found: list[str] = []
+    unreadable: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [("", str(root))]
+    while stack:
+        rel_dir, directory = stack.pop()
+        try:
+            st = os.stat(directory)
+            if (st.st_dev, st.st_ino) in seen or os.path.realpath(directory) in skip:
+                continue  # a symlink loop, or the run directory
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(directory) as listing:
+                entries = list(listing)
+        except OSError as err:
+            unreadable.append(f"{directory} ({err.strerror or err})")
+            continue
+        if rel_dir and any(marks_run_dir(e.name) for e in entries):
+            continue  # a run directory: synth's own outputs
+        for entry in entries:
+            rel = f"{rel_dir}{entry.name}"
+            try:
+                if entry.is_file():
+                    if os.path.splitext(entry.name)[1].lower() in extensions:
+                        found.append(rel)
+                elif recursive and entry.is_dir():
+                    stack.append((rel + "/", entry.path))
+            except OSError as err:  # e.g. ENAMETOOLONG where the file system needs a stat
+                unreadable.append(f"{entry.path} ({err.strerror or err})")
+    if unreadable:
+        log.warning("data.path: skipped %d paths that cannot be read (first: %s)", len(unreadable),
+                    printable(unreadable[0]))
+    found.sort()
+    return found
 
 
 def bundled_samples(**kwargs) -> ImageFolder:

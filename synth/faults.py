@@ -1,10 +1,9 @@
-"""Run-level fault handling, kept out of the runner's main loop: the failures log, stop
-signals, the exit status and errors about the output location."""
+"""Run-level fault handling, kept out of the runner's main loop: stop signals, the exit
+status and errors about the output location (the failures log is synth.rundir's JsonlLog)."""
 
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import signal
@@ -18,35 +17,21 @@ from synth.params import setting
 log = logging.getLogger("synth")
 
 EXIT_TOO_MANY_FAILURES = 1
-EXIT_OUTPUT_ERROR = 3  # (2 is a configuration error; 128 + N a signal)
+EXIT_CONFIG_ERROR = 2
+EXIT_OUTPUT_ERROR = 3  # (128 + N: a signal)
+
+
+# Characters that would start a new line, move the cursor or reorder text on a console or in
+# app.log: a file name holding them could forge a log line. Escaped as Python writes them.
+_CONTROL = {**{c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))},
+            **{ord(c): e for c, e in (("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))},
+            **{c: f"\\u{c:04x}" for c in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))}}
 
 
 def printable(text: str) -> str:
-    """A path as text any log handler can encode: file names need not be UTF-8 (surrogates)."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-class FailureLog:
-    """``failures.jsonl`` in the run directory: one JSON line (id, path, stage, error) per failed
-    sample, flushed as it happens so that a killed run still has it. Each run rewrites it: failed
-    samples are not complete, so a rerun retries them and records them again if they still fail."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        try:
-            self._file = open(self.path, "w", encoding="utf-8")
-        except OSError as err:
-            raise as_output_error(err) from err
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps({k: record.get(k) for k in ("id", "path", "stage", "error")}) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        try:
-            self._file.close()
-        except OSError:  # disk full on the last flush: the summary says what happened
-            pass
+    """A path (or a message naming one) as one line of text any log handler can encode: control
+    characters escaped (no forged log lines), names that are not UTF-8 (surrogates) escaped."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8").translate(_CONTROL)
 
 
 class StopSignals:

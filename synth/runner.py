@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import numpy as np
-
 from synth.params import check_seed, setting
 from synth.data import ImageFolder
 from synth.errors import ConfigError, OutputError
-from synth.faults import (EXIT_OUTPUT_ERROR, FailureLog, StopSignals, as_output_error, check_max_failure_rate,
-                          check_writable, exit_status, printable)
+from synth.faults import (EXIT_CONFIG_ERROR, EXIT_OUTPUT_ERROR, StopSignals, as_output_error,
+                          check_max_failure_rate, check_writable, exit_status, printable)
 from synth.files import atomic_write_json
 from synth.loggers import NullLogger
 from synth.progress import Progress
+from synth.rundir import (JsonlLog, RunLock, TimingStats, check_manifest, read_jsonl, repair_torn_tail, rewrite_jsonl,
+                          shard_file)
 from synth.sample import Sample
 from synth.stages.base import Stage
 from synth.writers.encoded import EncodedImages
@@ -59,7 +60,13 @@ def _batches(samples: Iterable[Sample], size: int) -> Iterable[list[Sample]]:
 
 
 class Runner:
-    """One job: this shard's samples through ``stages``, then to every writer and the logger."""
+    """One job: this shard's samples through ``stages``, then to every writer and the logger.
+
+    State per job is O(1) in the number of samples, besides a byte per input and writer (which
+    writer has which sample): records stream to ``samples.jsonl`` and ``failures.jsonl``, and
+    ``metadata.json`` is a bounded summary (see synth.rundir)."""
+
+    MAX_FAILURES_LISTED = 10  # in metadata.json and the printed summary; all are in failures.jsonl
 
     def __init__(self, source: ImageFolder, stages: Sequence[Stage], writers: Sequence[Any],
                  logger: Any = None, run_dir: str | Path = ".", seed: int = 0, batch_size: int = 4,
@@ -74,14 +81,73 @@ class Runner:
         self.logger = logger or NullLogger()
         self.run_dir, self.device, self.resume = Path(run_dir), device, resume
         self.max_failure_rate = check_max_failure_rate(max_failure_rate)
-        self._failure_log: FailureLog | None = None
+        shards = getattr(source, "num_shards", 1), getattr(source, "shard_index", 0)
+        self.samples_path = shard_file(self.run_dir, "samples", *shards)
+        self.failures_path = shard_file(self.run_dir, "failures", *shards)
+        self.manifest_path = shard_file(self.run_dir, "manifest", *shards)
+        self._has: list[bytearray] = []  # per writer, per global index: 1 where it has the sample
+        self._recorded = bytearray()  # per global index: 1 where samples.jsonl has its line
+        self._samples_log: JsonlLog | None = None
+        self._failures_log: JsonlLog | None = None
+        self._done = self._failed = 0
+        self._first_failures: list[dict[str, Any]] = []
+        self._timings: dict[str, TimingStats] = {}
 
-    # -- helpers --------------------------------------------------------------------------------
-    def _is_complete(self, sample_id: str) -> bool:
-        """Complete when every writer that can tell has it (a writer without ``is_complete`` cannot)."""
-        checks = [w.is_complete for w in self.writers if hasattr(w, "is_complete")]
-        return bool(checks) and len(checks) == len(self.writers) and all(c(sample_id) for c in checks)
+    # -- resume ---------------------------------------------------------------------------------
+    def _complete(self, index: int) -> bool:
+        """Every writer has it (a writer that cannot tell never has it)."""
+        return bool(self._has) and all(has[index] for has in self._has)
 
+    def _resume_state(self) -> None:
+        """Which writer has which of this shard's samples, without reading a pixel: the folder
+        writer by the records in samples.jsonl (checked against the files' recorded sizes in
+        worker threads), writers without records by ``is_complete(id)``. samples.jsonl is
+        rewritten without the lines of samples that are no longer complete (or duplicates)."""
+        total = self.source.total
+        self._has = [bytearray(total) for _ in self.writers]
+        self._recorded = bytearray(total)
+        if not self.resume:
+            return
+        shard = self.source.indices()
+        for has, writer in zip(self._has, self.writers):
+            if hasattr(writer, "is_complete") and not hasattr(writer, "has"):
+                for index in shard:
+                    has[index] = writer.is_complete(self.source.id_of(index))
+        checkers = [(has, w) for has, w in zip(self._has, self.writers) if hasattr(w, "has")]
+        dropped = 0
+
+        def check(record: dict[str, Any]) -> bool:
+            return all(w.has(record) for _, w in checkers)
+
+        def kept() -> Iterable[dict[str, Any]]:
+            nonlocal dropped
+            with ThreadPoolExecutor(8, thread_name_prefix="resume") as pool:
+                for chunk in _chunks(read_jsonl(self.samples_path), 4096):
+                    for record, ok in zip(chunk, pool.map(check, chunk)):
+                        index = record.get("index")
+                        if not (isinstance(index, int) and 0 <= index < total and index in shard):
+                            yield record  # not this listing's (inputs gone at the end): left alone
+                        elif ok and not self._recorded[index] and record.get("image_id") == self.source.id_of(index):
+                            self._recorded[index] = 1
+                            for has, _ in checkers:
+                                has[index] = 1
+                            yield record
+                        else:
+                            dropped += 1
+
+        if not self.samples_path.exists():
+            return
+        repair_torn_tail(self.samples_path)
+        tmp = self.samples_path.with_name(f".{self.samples_path.name}.{os.getpid()}.check")
+        rewrite_jsonl(tmp, kept())
+        if dropped:
+            log.warning("resume: %d records in %s are incomplete on disk (a file missing or changed) or "
+                        "repeated: those samples are redone", dropped, self.samples_path.name)
+            os.replace(tmp, self.samples_path)
+        else:
+            tmp.unlink()
+
+    # -- per sample -----------------------------------------------------------------------------
     def _run_stage(self, stage: Stage, batch: list[Sample]) -> None:
         live = [s for s in batch if s.ok]
         if not live:
@@ -100,14 +166,15 @@ class Runner:
             sample.timings_ms[stage.name] = per_sample
 
     def _write(self, sample: Sample) -> dict[str, Any]:
-        """Every writer, in a worker thread; each image is encoded once for all of them."""
+        """Every writer that lacks the sample, in a worker thread; each image is encoded once
+        for all of them. Returns the sample's record (the folder writer's, with its files)."""
         start = time.perf_counter()
         images = EncodedImages(sample)
         record: dict[str, Any] | None = None
         done: list[Any] = []
         try:
-            for writer in self.writers:
-                if self.resume and hasattr(writer, "is_complete") and writer.is_complete(sample.id):
+            for has, writer in zip(self._has, self.writers):
+                if has[sample.index]:
                     continue  # resumed for another writer: this one has it already
                 written = writer.write(sample, images)
                 done.append(writer)
@@ -120,36 +187,72 @@ class Runner:
         sample.timings_ms["write"] = 1000.0 * (time.perf_counter() - start)
         return record or sample_record(sample, {})
 
-    def _commit(self, sample: Sample) -> None:
-        """In input order, on the main thread: writers whose output order matters (tar, parquet)."""
-        for writer in self.writers:
-            if hasattr(writer, "commit"):
-                writer.commit(sample)
-
-    def _write_source_outputs(self, items: Sequence[Any]) -> None:
-        """``data=csv``: the input table with each row's output image (empty where none)."""
-        folder = next((w for w in self.writers if hasattr(w, "output_path")), None)
-        outputs = {item.id: folder.output_path(item.id) if folder else None for item in items}
-        self.source.write_outputs(self.run_dir, outputs)
+    def _commit(self, sample: Sample, record: dict[str, Any] | None, step: int) -> None:
+        """Everything that happens to a finished sample, on the main thread in input order:
+        ordered writers (tar, parquet) append it, its record goes to samples.jsonl (or, failed,
+        its files go and its reason goes to failures.jsonl), the statistics and the logger."""
+        if sample.ok and record is not None:
+            try:
+                for writer in self.writers:
+                    if hasattr(writer, "commit"):
+                        writer.commit(sample)
+            except Exception as err:  # noqa: BLE001
+                _write_failed(sample, err)
+        else:
+            for writer in self.writers:  # drop what an ordered writer encoded for it
+                if hasattr(writer, "commit"):
+                    writer.commit(sample)
+        if sample.ok:
+            if not self._recorded[sample.index]:
+                self._samples_log.write(record)
+                self._recorded[sample.index] = 1
+            self._done += 1
+            for key, ms in sample.timings_ms.items():
+                self._timings.setdefault(key, TimingStats()).add(ms)
+        else:
+            for writer in self.writers:  # no files from any run: also an earlier run's stale ones
+                if hasattr(writer, "discard"):
+                    writer.discard(sample.id)
+            failure = {"id": sample.id, "path": sample.source, "stage": sample.error_stage, "error": sample.error}
+            self._failures_log.write(failure)
+            self._failed += 1
+            if len(self._first_failures) < self.MAX_FAILURES_LISTED:
+                self._first_failures.append(failure)
+            log.warning("failed %s (%s) at %s: %s", sample.id, printable(sample.source), sample.error_stage,
+                        printable(sample.error))
+        self.logger.log_sample(sample, step)
 
     # -- the job --------------------------------------------------------------------------------
     def run(self, config: dict[str, Any] | None = None) -> dict[str, Any]:
-        started = processing = time.perf_counter()
+        """The whole job. A job refused before it starts (run directory busy, inputs changed
+        since the run directory's first run) raises and leaves the run directory as it was."""
+        started = time.perf_counter()
         check_writable(self.run_dir)  # an unusable output location: one error before any work
-        for writer in self.writers:
-            writer.open(self.run_dir, resume=self.resume, shard_index=getattr(self.source, "shard_index", 0))
-        items = self.source.items()
-        todo = [it for it in items if not (self.resume and self._is_complete(it.id))]
-        skipped = len(items) - len(todo)
+        lock = RunLock(self.run_dir).acquire()
+        try:
+            self.source.skip(self.run_dir)  # never our own outputs as inputs
+            total = self.source.total
+            check_manifest(self.manifest_path, self.source.entries, total, start_over=not self.resume)
+            for writer in self.writers:
+                writer.open(self.run_dir, resume=self.resume, shard_index=getattr(self.source, "shard_index", 0))
+            self._resume_state()
+            return self._process(config, started)
+        finally:
+            lock.release()
+
+    def _process(self, config: dict[str, Any] | None, started: float) -> dict[str, Any]:
+        processing = time.perf_counter()
+        shard = self.source.indices()
+        todo_count = sum(1 for i in shard if not self._complete(i))
+        skipped = len(shard) - todo_count
         if skipped:
-            log.info("resume: %d of %d samples already complete in %s", skipped, len(items), self.run_dir)
-        log.info("%d samples to process into %s", len(todo), self.run_dir)
+            log.info("resume: %d of %d samples already complete in %s", skipped, len(shard), self.run_dir)
+        log.info("%d samples to process into %s", todo_count, self.run_dir)
         exit_code, exit_reason = 1, "stopped by an error (see the log above)"
-        self._failure_log = FailureLog(self.run_dir / "failures.jsonl")
+        self._samples_log = JsonlLog(self.samples_path, fresh=not self.resume)
+        self._failures_log = JsonlLog(self.failures_path, fresh=True)  # failed samples are all retried
         stop = StopSignals().install()  # SIGINT/SIGTERM: finish what is in flight, then stop
-        records: list[dict[str, Any]] = []
-        failures: list[dict[str, Any]] = []
-        timings: dict[str, list[float]] = {}
+        finished = False
         try:
             self.logger.start(config or {}, str(self.run_dir))  # in here: a failed start still ends the job cleanly
             for stage in self.stages:
@@ -157,35 +260,32 @@ class Runner:
             processing = time.perf_counter()  # throughput excludes model loading and logger start-up
             with ThreadPoolExecutor(self.num_workers, thread_name_prefix="decode") as decoders, \
                     ThreadPoolExecutor(self.num_workers, thread_name_prefix="write") as encoders, \
-                    Progress(len(todo), self.progress_every_s) as progress:
+                    Progress(todo_count, self.progress_every_s) as progress:
                 pending: deque[tuple[Sample, Future | None]] = deque()
 
                 def collect(keep: int) -> None:
                     """Finish samples in order: all that are done, and more until ``keep`` remain."""
                     while pending and (len(pending) > keep or pending[0][1] is None or pending[0][1].done()):
                         sample, future = pending.popleft()
+                        record = None
                         if future is not None:
                             try:
                                 record = future.result()
                             except Exception as err:  # noqa: BLE001
                                 _write_failed(sample, err)
-                            try:
-                                self._commit(sample)  # a failed sample is dropped here
-                            except Exception as err:  # noqa: BLE001
-                                _write_failed(sample, err)
-                            if sample.ok:
-                                records.append(record)
-                        self._finish(sample, failures, timings, len(records) + len(failures))
+                        self._commit(sample, record, self._done + self._failed + 1)
                         progress.update(sample.ok)
 
                 prefetch = max(2 * self.batch_size, 2 * self.num_workers)
 
                 def decoded() -> Iterable[Sample]:
                     window: deque[Future] = deque()
-                    for item in todo:
+                    for index in shard:
+                        if self._complete(index):
+                            continue
                         if stop.requested:
                             break
-                        window.append(decoders.submit(self.source.load, item, self.seed))
+                        window.append(decoders.submit(self.source.load, self.source.item(index), self.seed))
                         if len(window) >= prefetch:
                             yield window.popleft().result()
                     while window and not stop.requested:
@@ -199,35 +299,39 @@ class Runner:
                     for sample in batch:
                         pending.append((sample, encoders.submit(self._write, sample) if sample.ok else None))
                     collect(keep=prefetch)
-                    done = len(records) + len(failures)
+                    done = self._done + self._failed
                     elapsed = time.perf_counter() - processing
                     self.logger.log_metrics({"images_per_s": done / max(elapsed, 1e-9),
-                                             "done": len(records), "failed": len(failures)}, step=done)
+                                             "done": self._done, "failed": self._failed}, step=done)
                 collect(keep=0)
-            exit_code, exit_reason = exit_status(len(records), len(failures), len(todo), self.max_failure_rate,
+            finished = stop.received is None  # every sample of the todo list went through
+            exit_code, exit_reason = exit_status(self._done, self._failed, todo_count, self.max_failure_rate,
                                                  stop.received)
+        except ConfigError as err:  # found in a stage's setup(), e.g. missing model weights
+            exit_code, exit_reason = EXIT_CONFIG_ERROR, str(err)
+            raise
         except OutputError as err:
             exit_code, exit_reason = EXIT_OUTPUT_ERROR, str(err)
             raise
         finally:
             stop.restore()
-            self._failure_log.close()
+            self._samples_log.close()
+            self._failures_log.close()
             now = time.perf_counter()
-            summary = self._summary(items, skipped, records, failures, timings, now - started,
-                                    now - processing, exit_code)
+            summary = self._summary(len(shard), skipped, now - started, now - processing, exit_code, config)
             summary["exit_reason"] = exit_reason
             try:
-                self._write_run_files(items, summary)
+                self._write_run_files(summary)
             finally:
-                self._close(summary)
+                self._close(summary, finished)
         return summary
 
-    def _write_run_files(self, items: Sequence[Any], summary: dict[str, Any]) -> None:
+    def _write_run_files(self, summary: dict[str, Any]) -> None:
         """metadata.json (and data=csv's table). Failing here is the output location's fault: the
         summary handed to the logger says so."""
         try:
             if hasattr(self.source, "write_outputs"):
-                self._write_source_outputs(items)
+                self._write_source_outputs()
             atomic_write_json(self.run_dir / "metadata.json", summary)
         except OSError as err:
             output_error = as_output_error(err)
@@ -236,43 +340,67 @@ class Runner:
             summary["exit_code"], summary["exit_reason"] = EXIT_OUTPUT_ERROR, str(output_error)
             raise output_error from err
 
-    def _close(self, summary: dict[str, Any]) -> None:
-        """Close the writers, then finish the logger even if one of them fails, so that the
-        logger hears the end of every job (a W&B run left open would look still running)."""
+    def _write_source_outputs(self) -> None:
+        """``data=csv``: the input table with each row's output image, from samples.jsonl: the
+        composite in the format its sample was written in (empty where none)."""
+        folder = next((w for w in self.writers if hasattr(w, "output_path")), None)
+        suffixes: list[str] = [""]
+        code = bytearray(self.source.total)  # per index: position in ``suffixes`` (0: no output)
+        for record in read_jsonl(self.samples_path) if folder else ():
+            index, composite = record.get("index"), record.get("composite_image")
+            if isinstance(index, int) and 0 <= index < len(code) and isinstance(composite, str):
+                suffix = Path(composite).suffix
+                if suffix not in suffixes:
+                    suffixes.append(suffix)
+                code[index] = suffixes.index(suffix)
+
+        def output_of(index: int) -> str | None:
+            if not code[index]:
+                return None
+            return os.path.abspath(folder.output_path(self.source.id_of(index), suffixes[code[index]]))
+
+        self.source.write_outputs(self.run_dir, output_of)
+
+    def _close(self, summary: dict[str, Any], finished: bool) -> None:
+        """Close the writers (``finished=False``: a stopped job; tar/parquet drop their partial
+        shard), then finish the logger even if one of them fails, so that the logger hears the
+        end of every job (a W&B run left open would look still running)."""
         try:
             for writer in self.writers:
-                writer.close()
+                writer.close(finished=finished)
         finally:
             self.logger.finish(summary, summary["exit_code"])
 
-    def _finish(self, sample: Sample, failures: list, timings: dict, step: int) -> None:
-        if sample.ok:
-            for key, ms in sample.timings_ms.items():
-                timings.setdefault(key, []).append(ms)
-        else:
-            failures.append({"id": sample.id, "path": sample.source, "stage": sample.error_stage,
-                             "error": sample.error})
-            self._failure_log.write(failures[-1])
-            log.warning("failed %s (%s) at %s: %s", sample.id, printable(sample.source), sample.error_stage,
-                        printable(sample.error))
-        self.logger.log_sample(sample, step)
-
-    def _summary(self, items, skipped, records, failures, timings, elapsed, processing_s,
-                 exit_code) -> dict[str, Any]:
-        processed = len(records) + len(failures)
+    def _summary(self, total, skipped, elapsed, processing_s, exit_code, config) -> dict[str, Any]:
+        """The bounded run summary (metadata.json): its size does not grow with the samples."""
+        processed = self._done + self._failed
         return {
             "run_dir": str(self.run_dir),
-            "total": len(items),
-            "done": len(records),
+            "total": total,  # this shard's inputs
+            "complete": skipped + self._done,  # of them, complete in the run directory now
+            "done": self._done,  # by this invocation
             "skipped_complete": skipped,
-            "failed": len(failures),
+            "failed": self._failed,
             "exit_code": exit_code,
             "elapsed_s": round(elapsed, 3),
             "processing_s": round(processing_s, 3),  # elapsed less setup: what images_per_s divides by
             "images_per_s": round(processed / processing_s, 3) if processing_s > 0 else None,
-            "stage_ms": {k: {"median": round(float(np.median(v)), 2), "mean": round(float(np.mean(v)), 2)}
-                         for k, v in timings.items()},
-            "failures": failures,
-            "samples": sorted(records, key=lambda r: r.get("index", 0)),
+            "stage_ms": {k: v.summary() for k, v in self._timings.items()},
+            "samples_file": self.samples_path.name,  # one record per complete sample
+            "failures_file": self.failures_path.name,
+            "manifest_file": self.manifest_path.name,
+            "failures": self._first_failures,  # the first few; every one is in failures_file
+            "shard": {"index": getattr(self.source, "shard_index", 0), "num_shards": getattr(self.source, "num_shards", 1)},
+            "config": config or {},
         }
 
+
+def _chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

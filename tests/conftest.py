@@ -51,6 +51,12 @@ def read_summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "metadata.json").read_text())
 
 
+def read_samples(run_dir: Path | str) -> list[dict]:
+    """The per-sample records of a run directory: every line of its samples*.jsonl, in file order."""
+    return [json.loads(line) for path in sorted(Path(run_dir).glob("samples*.jsonl"))
+            for line in path.read_text().splitlines()]
+
+
 def sample_paths() -> list[Path]:
     return sorted(SAMPLES_DIR.glob("*.jpg"))
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from synth.imaging import srgb_to_linear
-from tests.conftest import read_summary, run_synth, sample_paths, soft_disc_mask
+from tests.conftest import read_samples, read_summary, run_synth, sample_paths, soft_disc_mask
 
 REFERENCE_FILES = [
     "stage_1/{id}_foreground.png", "stage_1/{id}_background.png", "stage_1/{id}_mask.png",
@@ -55,7 +55,7 @@ def test_default_job_writes_the_reference_layout(default_run):
     # outputs/ copies are hard links to the stage files, not second encodes
     assert (run_dir / "outputs/000000_output.png").stat().st_ino == (run_dir / "stage_3_5/000000_composite.png").stat().st_ino
     summary = read_summary(run_dir)
-    assert summary["done"] == n and summary["failed"] == 0 and len(summary["samples"]) == n
+    assert summary["done"] == n and summary["failed"] == 0 and len(read_samples(summary["run_dir"])) == n
     assert f"synth: {n} done, 0 failed" in proc.stdout and str(run_dir) in proc.stdout
     assert "ms per image: segmentation" in proc.stdout
 

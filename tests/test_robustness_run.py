@@ -28,7 +28,7 @@ from synth.app import build_runner, format_summary
 from synth.errors import ConfigError, OutputError
 from synth.faults import exit_status
 from synth.loggers import NullLogger
-from tests.conftest import compose_config, read_summary
+from tests.conftest import read_samples, compose_config, read_summary
 
 def photo(path: Path, h: int = 48, w: int = 64, seed: int = 0, mode: str = "RGB") -> Path:
     """A small smooth image with a brighter centre (GrabCut finds a subject in it)."""
@@ -136,7 +136,7 @@ def test_names_with_spaces_and_non_ascii(tmp_path):
     photo(Path(os.fsdecode(raw)), seed=5)
     summary = run_job(data, tmp_path / "run")
     assert summary["done"] == 3 and summary["failed"] == 0
-    sources = {r["image_id"]: r["source"] for r in summary["samples"]}
+    sources = {r["image_id"]: r["source"] for r in read_samples(summary["run_dir"])}
     assert sorted(Path(s).name for s in sources.values()) == sorted(names + [os.fsdecode(b"not-utf8-\xff.png")])
     for sample_id in sources:
         assert (tmp_path / "run" / "outputs" / f"{sample_id}_output.png").is_file()
@@ -155,7 +155,7 @@ def test_duplicate_stems_in_sub_folders_keep_distinct_ids_and_masks(tmp_path):
     Image.fromarray(right).save(masks / "night" / "a.png")
     summary = run_job(data, tmp_path / "run", "segmentation=mask_folder", f"segmentation.path='{masks}'")
     assert summary["done"] == 2
-    by_id = {r["image_id"]: r for r in summary["samples"]}
+    by_id = {r["image_id"]: r for r in read_samples(summary["run_dir"])}
     assert sorted(by_id) == ["000000", "000001"]
     assert [Path(by_id[i]["source"]).parent.name for i in ("000000", "000001")] == ["day", "night"]
     out = tmp_path / "run"
@@ -177,7 +177,7 @@ def test_large_image_is_resized_with_its_mask_and_every_output(tmp_path):
     Image.fromarray(full_mask).save(masks / "big.png")  # at the original size
     summary = run_job(data, tmp_path / "run", "data.max_side=60", "segmentation=mask_folder",
                       f"segmentation.path='{masks}'")
-    record = summary["samples"][0]
+    record = read_samples(summary["run_dir"])[0]
     assert (record["width"], record["height"]) == (60, 40)
     assert record["params"]["load"]["resized_to"] == [60, 40] and record["params"]["load"]["width"] == 180
     for path in (tmp_path / "run").rglob("000000_*.png"):
@@ -197,7 +197,7 @@ def test_rgba_inputs_with_segmentation_alpha(tmp_path):
     summary = run_job(data, tmp_path / "run", "segmentation=alpha", "max_failure_rate=1.0")
     assert summary["done"] == 1 and summary["failures"][0]["stage"] == "segmentation"
     assert "no alpha channel" in summary["failures"][0]["error"]
-    mask = np.asarray(Image.open(tmp_path / "run" / summary["samples"][0]["mask"]))
+    mask = np.asarray(Image.open(tmp_path / "run" / read_samples(summary["run_dir"])[0]["mask"]))
     assert np.array_equal(mask, rgba[..., 3])
 
 

@@ -10,7 +10,11 @@ The interface (the runner calls it):
   ``images`` (``EncodedImages``) encodes each image once for all writers of the job;
 * ``commit(sample)`` (optional) on the runner's thread in input order, for every written
   sample, failed or not: writers whose output order matters append here;
-* ``close()`` once at the end, also after a failure.
+* ``has(record)`` (optional): whether the sample of a samples.jsonl record is complete on disk
+  (the folder writer; resume then checks records instead of asking ``is_complete`` per id);
+* ``discard(id)`` (optional): remove every file of a sample (a failed sample leaves none);
+* ``close(finished=...)`` once at the end, also after a failure; ``finished=False`` when the
+  job stopped before its last sample (signal, error).
 """
 
 from synth.writers.encoded import EncodedImages

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
 from synth.errors import ConfigError
-from synth.files import atomic_write, atomic_write_json, link_or_copy
+from synth.files import atomic_write, atomic_write_json, link_or_copy, to_json
 from synth.imaging import check_png_encoder
 from synth.params import setting
 from synth.sample import Sample
@@ -22,6 +24,8 @@ STAGE_FILES = {
     "foreground": "stage_1/{id}_foreground",
     "background": "stage_1/{id}_background",
     "albedo": "stage_2/{id}_albedo",
+    "shading": "stage_2/{id}_shading",
+    "residual": "stage_2/{id}_residual",
     "degraded_foreground": "stage_3/{id}_degraded",
     "shadow_matte": "stage_3/{id}_shadow_matte",
     "composite_image": "stage_3_5/{id}_composite",
@@ -55,7 +59,8 @@ class FolderWriter:
     """The reference layout in the run directory (see README, "Outputs").
 
     Each image is encoded once; the ``outputs/`` copies of stage files are hard links.
-    ``{id}_metadata.json`` is written last, so its presence marks a complete sample.
+    ``{id}_metadata.json`` is written last and records every other file with its size, so a
+    sample is complete when its metadata parses and names files that are all there (``has``).
     ``intermediates=False`` writes only ``outputs/``: input, output (the composite), mask and
     metadata.
     """
@@ -79,11 +84,35 @@ class FolderWriter:
         return self._path(METADATA_FILE, sample_id)
 
     def is_complete(self, sample_id: str) -> bool:
-        return self.metadata_path(sample_id).is_file()
+        """``{id}_metadata.json`` parses and every file it names is there, at its recorded size."""
+        try:
+            record = json.loads(self.metadata_path(sample_id).read_bytes())
+        except (OSError, ValueError):
+            return False
+        return isinstance(record, dict) and record.get("image_id") == sample_id and self.has(record)
 
-    def output_path(self, sample_id: str) -> Path | None:
-        """The composite (``outputs/{id}_output.{ext}``) of a complete sample, else None."""
-        return self._path(OUTPUT_LINKS["composite_image"], sample_id) if self.is_complete(sample_id) else None
+    def has(self, record: dict[str, Any]) -> bool:
+        """Whether the sample of ``record`` (a line of samples.jsonl) is on disk complete: its
+        ``{id}_metadata.json`` holds exactly this record and every file in ``files`` has its
+        recorded size. One stat per file, no image read; safe to call from worker threads."""
+        files = record.get("files")
+        sample_id = record.get("image_id")
+        if not isinstance(files, dict) or not isinstance(sample_id, str):
+            return False
+        expected = dict(files)
+        expected[self.metadata_path(sample_id).relative_to(self.root).as_posix()] = len(metadata_bytes(record))
+        for rel, size in expected.items():
+            try:
+                if os.stat(self.root / rel).st_size != size:
+                    return False
+            except (OSError, ValueError):
+                return False
+        return True
+
+    def output_path(self, sample_id: str, suffix: str) -> Path:
+        """The composite's link ``outputs/{id}_output{suffix}``; ``suffix`` is the one in the sample's
+        record (a resume with another ``writer.format`` keeps the earlier samples' files)."""
+        return self.root / (OUTPUT_LINKS["composite_image"].format(id=sample_id) + suffix)
 
     def write(self, sample: Sample, images: EncodedImages | None = None) -> dict[str, Any]:
         """Write every file of one finished sample; return its metadata record. On any error the
@@ -108,6 +137,7 @@ class FolderWriter:
         sid = sample.id
         images = images or EncodedImages(sample)
         files: dict[str, str] = {}  # record key -> path relative to the run directory
+        sizes: dict[str, int] = {}  # every file written -> its size in bytes
         written, links = (STAGE_FILES, OUTPUT_LINKS) if self.intermediates else (TRAINING_FILES, {})
         for key, name in written.items():
             data = images.get(key, self.format, self.png_compress_level, self.quality, self.png_encoder)
@@ -115,17 +145,24 @@ class FolderWriter:
                 path = self._path(name, sid)
                 atomic_write(path, data)
                 files[key] = path.relative_to(self.root).as_posix()
+                sizes[files[key]] = len(data)
         for key, name in links.items():
             if key in files:
-                link_or_copy(self.root / files[key], self._path(name, sid))
+                link = self._path(name, sid)
+                link_or_copy(self.root / files[key], link)
+                sizes[link.relative_to(self.root).as_posix()] = sizes[files[key]]
         if self.intermediates and "shadow" in sample.params:
-            atomic_write_json(self._path(PARAMS_FILE, sid), sample.params["shadow"])
+            params = self._path(PARAMS_FILE, sid)
+            atomic_write_json(params, sample.params["shadow"])
+            sizes[params.relative_to(self.root).as_posix()] = params.stat().st_size
 
         record = sample_record(sample, files)
-        atomic_write_json(self.metadata_path(sid), record)  # last: marks the sample complete
+        record["files"] = sizes  # every file but this one, with its size: what makes the sample complete
+        record = json.loads(metadata_bytes(record))  # as stored: what samples.jsonl and has() compare
+        atomic_write_json(self.metadata_path(sid), record)  # last; its bytes are metadata_bytes(record)
         return record
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
         pass
 
 
@@ -153,3 +190,8 @@ def sample_record(sample: Sample, files: dict[str, str]) -> dict[str, Any]:
         "params": sample.params,
         "timings_ms": sample.timings_ms,
     }
+
+
+def metadata_bytes(record: dict[str, Any]) -> bytes:
+    """``{id}_metadata.json`` as written: its size is checkable from the record alone."""
+    return (to_json(record) + "\n").encode()  # as atomic_write_json writes it

@@ -103,5 +103,12 @@ class HFDatasetWriter(ShardedWriter):
             log.debug("hf: wrote %s", final)
         self._parquet, self._paths, self._rows, self._bytes = None, None, 0, 0
 
+    def _drop_shard(self) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+            self._paths[0].unlink(missing_ok=True)
+        self._buffer.clear()
+        self._parquet, self._paths, self._rows, self._bytes = None, None, 0, 0
+
     def _ids_in(self, shard: Path) -> list[str]:
         return pq.read_table(shard, columns=["image_id"]).column("image_id").to_pylist()

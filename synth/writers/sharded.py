@@ -96,8 +96,14 @@ class ShardedWriter:
         if row is not None and sample.ok:
             self._append(sample, row)
 
-    def close(self) -> None:
-        self._finish_shard()
+    def close(self, finished: bool = True) -> None:
+        """Publish the last shard. A job that stopped early (signal, error) drops its partial
+        shard instead: its samples are written again by the rerun, which then fills that shard
+        from the same first sample, so the shards split exactly as in an uninterrupted run."""
+        if finished:
+            self._finish_shard()
+        else:
+            self._drop_shard()
 
     # -- helpers for subclasses -----------------------------------------------------------------
     def _image(self, images: EncodedImages, name: str) -> bytes | None:
@@ -116,6 +122,9 @@ class ShardedWriter:
         raise NotImplementedError
 
     def _finish_shard(self) -> None:
+        raise NotImplementedError
+
+    def _drop_shard(self) -> None:
         raise NotImplementedError
 
     def _ids_in(self, shard: Path) -> list[str]:

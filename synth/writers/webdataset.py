@@ -82,6 +82,15 @@ class WebDatasetWriter(ShardedWriter):
             self._sink.close()
             self._sink = None
 
+    def _drop_shard(self) -> None:
+        if self._sink is not None:
+            self._sink.post = None  # closed, not published
+            temp = self._sink.fname
+            self._sink.close()
+            if temp:
+                Path(temp).unlink(missing_ok=True)
+            self._sink = None
+
     def _ids_in(self, shard: Path) -> set[str]:
         with tarfile.open(shard) as tar:
             return {name.split(".", 1)[0] for name in tar.getnames()}

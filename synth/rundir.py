@@ -1,0 +1,272 @@
+"""What a job keeps in its run directory besides the per-sample files, all streamed so that a
+job's state does not grow with its number of samples:
+
+* ``synth.lock``: the pid of the job running there (a second job is refused);
+* ``manifest.jsonl``: the inputs of this shard (id, path, size, mtime) as the first run listed
+  them, so that a rerun never maps an id to another file;
+* ``samples.jsonl`` / ``failures.jsonl``: one JSON line per committed / failed sample, appended
+  in input order as it happens (a torn last line after a SIGKILL is cut off on the next run);
+* ``TimingStats``: per-stage milliseconds as bounded streaming statistics for ``metadata.json``.
+
+Sharded jobs (``data.num_shards`` > 1) name the per-shard files ``samples-0003.jsonl`` etc.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from synth.errors import ConfigError, OutputError
+from synth.faults import as_output_error, printable
+
+log = logging.getLogger("synth")
+
+LOCK_FILE = "synth.lock"
+
+
+def marks_run_dir(name: str) -> bool:
+    """A directory holding this name is a run directory (Hydra's or synth's): never input."""
+    return name in (".hydra", LOCK_FILE) or (name.startswith("manifest") and name.endswith(".jsonl"))
+
+
+def shard_file(run_dir: Path, stem: str, num_shards: int, shard_index: int) -> Path:
+    """``samples.jsonl`` for an unsharded job, ``samples-0003.jsonl`` for shard 3."""
+    suffix = f"-{shard_index:04d}" if num_shards > 1 else ""
+    return Path(run_dir) / f"{stem}{suffix}.jsonl"
+
+
+# -- the run lock ---------------------------------------------------------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+class RunLock:
+    """``synth.lock`` holds the pid and host of the job writing into a run directory. A lock
+    of a dead pid on this host is stale (a SIGKILLed job) and taken over; a live one, or one
+    from another host (whose pid cannot be checked from here), refuses the job."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+        self.held = False
+
+    def acquire(self) -> "RunLock":
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            self._take_over_if_stale()
+        except OSError as err:
+            raise as_output_error(err) from err
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(self.mine)
+        self.held = True
+        return self
+
+    def _take_over_if_stale(self) -> None:
+        try:
+            owner = json.loads(self.path.read_text() or "{}")
+            pid, host = int(owner["pid"]), str(owner["host"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pid, host = None, socket.gethostname()  # unreadable (torn write): nobody can hold it
+        if pid is not None and (host != socket.gethostname() or _alive(pid)):
+            where = f"pid {pid}" + (f" on {host}" if host != socket.gethostname() else "")
+            raise OutputError(f"{printable(str(self.path.parent))}: busy: another synth job ({where}) is "
+                              f"writing there ({LOCK_FILE}); wait for it or use another hydra.run.dir "
+                              f"(remove {LOCK_FILE} only if no job runs there)")
+        tmp = self.path.with_name(f".{LOCK_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(self.mine)
+        os.replace(tmp, self.path)
+        if self.path.read_text() != self.mine:  # another job took it over at the same moment
+            raise OutputError(f"{printable(str(self.path.parent))}: busy: another synth job took over "
+                              f"the stale {LOCK_FILE} at the same moment")
+        log.info("took over the stale %s of pid %s (no longer running)", LOCK_FILE, pid)
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        try:
+            if self.path.read_text() == self.mine:
+                self.path.unlink()
+        except OSError:  # the run directory went away: nothing to release
+            pass
+
+
+# -- JSON lines -----------------------------------------------------------------------------------
+def repair_torn_tail(path: Path) -> int:
+    """Cut a last line that has no newline (a write torn by SIGKILL); return the bytes removed."""
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            pos = size
+            while pos > 0:
+                step = min(65536, pos)
+                f.seek(pos - step)
+                chunk = f.read(step)
+                if pos == size and chunk.endswith(b"\n"):
+                    return 0
+                newline = chunk.rfind(b"\n")
+                if newline >= 0:
+                    pos = pos - step + newline + 1
+                    break
+                pos -= step
+            f.truncate(pos)
+            return size - pos
+    except FileNotFoundError:
+        return 0
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Every JSON object line of ``path`` (none when missing); unparsable lines are skipped."""
+    try:
+        f = open(path, encoding="utf-8", errors="surrogateescape")
+    except FileNotFoundError:
+        return
+    with f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                yield record
+
+
+class JsonlLog:
+    """An append-only JSON-lines file, flushed after every line so that a killed job keeps
+    every line it reported. ``fresh=True`` starts it empty."""
+
+    def __init__(self, path: Path, fresh: bool = False):
+        self.path = Path(path)
+        try:
+            if not fresh:
+                repair_torn_tail(self.path)
+            self._file = open(self.path, "w" if fresh else "a", encoding="utf-8", errors="surrogateescape")
+        except OSError as err:
+            raise as_output_error(err) from err
+        self.count = 0  # lines written by this job
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, sort_keys=True, default=_plain) + "\n")
+        self._file.flush()
+        self.count += 1
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        except OSError:  # disk full on the last flush: the summary says what happened
+            pass
+
+
+def _plain(obj: Any) -> Any:
+    from synth.files import _jsonable
+    return _jsonable(obj)
+
+
+def rewrite_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """Replace ``path`` by ``records`` (streamed to a temporary file, then renamed)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+            for record in records:
+                f.write(json.dumps(record, sort_keys=True, default=_plain) + "\n")
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise as_output_error(err) from err
+        raise
+
+
+# -- the input manifest ---------------------------------------------------------------------------
+class InputsChanged(ConfigError):
+    """A rerun's inputs differ from those the run directory's earlier samples were made from."""
+
+
+def check_manifest(path: Path, entries: Callable[[], Iterable[tuple[int, str, str, int, int]]],
+                   total: int, start_over: bool = False) -> None:
+    """Compare this shard's inputs (``entries()`` yields ``(index, id, path, size, mtime_ns)``)
+    with ``path``, the manifest of the run directory's first run; write it when missing, grown
+    or ``start_over``.
+
+    Safe (returns): the same inputs, or inputs added after the last old one (new ids), or the
+    last ones gone (their outputs stay). Anything else raises InputsChanged naming the first
+    difference: an id would now mean another file."""
+    header = next(read_jsonl(path), None)
+    if start_over or header is None or header.get("manifest") != 1:
+        rewrite_jsonl(path, _manifest_lines(entries(), total))
+        return
+    olds = read_jsonl(path)
+    next(olds)  # the header
+    new = first_new = None
+    for index, sid, source, size, mtime in entries():  # check everything before writing anything
+        prev = next(olds, None)
+        if prev is None:
+            new = (new or 0) + 1
+            first_new = first_new or sid
+            continue
+        was = (prev.get("id"), prev.get("path"), prev.get("size"), prev.get("mtime_ns"))
+        if was[:2] != (sid, source):
+            raise InputsChanged(f"data.path: the inputs changed since this run directory's first run "
+                                f"({path.name}): id {sid} was {printable(str(was[1]))}, now {printable(source)}; "
+                                f"rerun into a new hydra.run.dir, or resume=false to start this one over")
+        if was[2:] != (size, mtime):
+            raise InputsChanged(f"data.path: {printable(source)} (id {sid}) changed since this run directory's "
+                                f"first run ({path.name}: size {was[2]}, now {size}; mtime_ns {was[3]}, now "
+                                f"{mtime}); rerun into a new hydra.run.dir, or resume=false to start this one over")
+    gone = sum(1 for _ in olds)
+    if gone:
+        log.warning("%d inputs of this run directory's first run are no longer listed (the last ones); "
+                    "their outputs stay", gone)
+    if new:
+        log.info("%d new inputs since this run directory's first run: ids from %s on", new, first_new)
+        rewrite_jsonl(path, _manifest_lines(entries(), total))
+
+
+def _manifest_lines(entries, total: int) -> Iterator[dict[str, Any]]:
+    yield {"manifest": 1, "total": total}
+    for index, sid, source, size, mtime in entries:
+        yield {"index": index, "id": sid, "path": source, "size": size, "mtime_ns": mtime}
+
+
+# -- timings --------------------------------------------------------------------------------------
+class TimingStats:
+    """Count, mean, min, max and an approximate median of a stream of numbers, in bounded
+    memory: the median comes from a uniform reservoir of at most ``size`` values (exact up to
+    ``size`` values), seeded so that it does not depend on anything but the stream."""
+
+    def __init__(self, size: int = 1024):
+        self.size, self.count, self.total = size, 0, 0.0
+        self.low, self.high = float("inf"), float("-inf")
+        self.reservoir: list[float] = []
+        self._rng = random.Random(0)
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        self.low, self.high = min(self.low, value), max(self.high, value)
+        if len(self.reservoir) < self.size:
+            self.reservoir.append(value)
+        else:
+            slot = self._rng.randrange(self.count)
+            if slot < self.size:
+                self.reservoir[slot] = value
+
+    def summary(self) -> dict[str, float]:
+        ordered = sorted(self.reservoir)
+        mid = len(ordered) // 2
+        median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+        return {"median": round(median, 2), "mean": round(self.total / self.count, 2),
+                "min": round(self.low, 2), "max": round(self.high, 2), "count": self.count}
