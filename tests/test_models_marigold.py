@@ -88,7 +88,7 @@ def albedo_stage(path, *overrides):
 def test_subject_square_is_centred_and_padded_by_the_image_edge():
     """The model sees a square around the subject; outside the image, edge pixels repeat."""
     mask = np.zeros((100, 200), np.float32)
-    mask[40:60, 10:50] = 1  # 20 x 40 box near the left edge
+    mask[40:60, 2:42] = 1  # 20 x 40 box at the left edge
     top, left, side = subject_square(mask, margin=0.1)
     assert side == 48 and top == 26 and left == 0  # moved right to stay inside the image
     mask[:] = 1  # the whole 100 x 200 frame: the square is taller than the image
