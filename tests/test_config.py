@@ -1,9 +1,10 @@
 """Every config composes and builds; bad configuration fails before any image is read."""
 
 from importlib import resources
+from pathlib import Path
 
 import pytest
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 
 from synth.app import build_runner, check_group_choices
 from synth.errors import ConfigError
@@ -12,7 +13,7 @@ from tests.conftest import compose_config, run_synth
 
 GROUPS = ("data", "segmentation", "albedo", "shadow", "recombine", "captioning", "writer", "logger")
 # Options that cannot be built without something the user supplies.
-REQUIRED = {("data", "folder"): ["data.path={samples}"], ("data", "csv"): None,
+REQUIRED = {("data", "folder"): ["data.path={samples}"], ("data", "csv"): ["data.path={csv}"],
             ("segmentation", "mask_folder"): ["segmentation.path={samples}"],
             ("segmentation", "sam"): ["segmentation.checkpoint={samples}/astronaut.jpg"]}  # exists; loads in setup
 
@@ -25,15 +26,30 @@ def group_options():
                 yield group, entry.name[:-5]
 
 
+# What each group's object must offer the runner.
+INTERFACE = {"data": ("items", "load"), "writer": ("open", "write", "close"), "logger": ("start", "finish"),
+             **{group: ("setup", "process") for group in STAGE_GROUPS}}
+
+
 @pytest.mark.parametrize("group, option", list(group_options()))
-def test_every_option_composes_and_instantiates(group, option, samples_dir):
+def test_every_option_composes_and_instantiates(group, option, samples_dir, tmp_path):
+    table = tmp_path / "list.csv"  # data=csv: two bundled photos, one relative to the table's folder
+    table.write_text(f"image_path\n{samples_dir / 'astronaut.jpg'}\nphotos/{(samples_dir / 'coffee.jpg').name}\n")
+    (tmp_path / "photos").symlink_to(samples_dir)
     extra = REQUIRED.get((group, option), [])
-    if extra is None:
-        pytest.skip(f"{group}={option} needs its own input file; tested with its feature")
-    cfg = compose_config(f"{group}={option}", *[e.format(samples=samples_dir) for e in extra])
-    assert cfg[group]["_target_"]
+    cfg = compose_config(f"{group}={option}", *[e.format(samples=samples_dir, csv=table) for e in extra])
     obj = instantiate(cfg[group], _convert_="all")  # constructors validate; models load in setup()
-    assert obj is not None
+    target = get_object(cfg[group]["_target_"])
+    if isinstance(target, type):  # (a factory function builds what it documents)
+        assert type(obj) is target, f"{group}={option} built a {type(obj).__name__}, not its _target_"
+    assert all(callable(getattr(obj, method, None)) for method in INTERFACE[group])
+    if group in STAGE_GROUPS:
+        assert obj.name == group  # its parameters and timings are recorded under the group's name
+    if group == "data":  # the source lists real inputs
+        paths = [Path(item.path) for item in obj.items()]
+        assert paths and all(p.is_file() for p in paths)
+        if option == "csv":
+            assert [p.name for p in paths] == ["astronaut.jpg", "coffee.jpg"]
 
 
 def test_default_config_builds_the_stages_in_listed_order(tmp_path):

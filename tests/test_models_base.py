@@ -2,9 +2,10 @@
 fallback. A stand-in 'model' records the batch sizes it is given; the real stages are tested
 with tiny models in the other test_models_*.py files."""
 
-import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from synth.errors import ConfigError, SampleError
 from synth.stages.models.base import ModelStage, build_fallback, clean_text
@@ -140,4 +141,12 @@ def test_fallback_by_option_name_or_mapping():
 def test_clean_text_keeps_one_printable_line():
     assert clean_text(" a man\n in a\x0f space suit. ") == "a man in a space suit"
     assert clean_text("\x00\n") == ""
-    assert np.isscalar(len(clean_text("x")))
+    assert clean_text("two\r\nlines\tand\u2028more.") == "two lines and more"
+    assert clean_text("x") == "x" and clean_text("3.5 stops") == "3.5 stops"  # inner dots stay
+
+
+@given(st.text())
+def test_clean_text_is_always_one_printable_line(text):
+    cleaned = clean_text(text)
+    assert cleaned.isprintable() and "  " not in cleaned
+    assert cleaned == cleaned.strip(" .")
