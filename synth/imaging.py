@@ -57,7 +57,8 @@ def gaussian_blur(image: np.ndarray, sigma: float, max_sigma: float = 4.0, then=
 
     Large sigmas blur a downsampled copy (so that at most ``max_sigma`` px of blur is done at
     the small size) and upsample it again; the result is smooth, so the resampling error is
-    far below one 8-bit level for the sigmas used here. Small sigmas blur directly.
+    at most about one 8-bit level (1.35 on hard edges at sigma 12, 0.2 on average; see
+    tests/test_imaging.py). Small sigmas blur directly.
     ``then`` (e.g. ``np.log``) is applied to the blurred values before upsampling, which is
     cheaper than at full size and as accurate, since the blurred image is smooth.
     """

@@ -18,14 +18,17 @@ def test_linear_half_of_mid_grey_is_not_srgb_half():
     assert 90 <= half <= 96  # 50% of the light of sRGB 128 is sRGB ~93, not 64
 
 
-@pytest.mark.parametrize("sigma", [3.0, 15.0, 80.0, 250.0])
+@pytest.mark.parametrize("sigma", [3.0, 10.0, 12.0, 15.0, 80.0, 250.0])
 def test_downsampled_blur_matches_a_full_resolution_gaussian(sigma):
+    """Hard-edged blocks, the worst case: within 1.5 8-bit levels anywhere (measured worst 1.35,
+    at sigma 12, the first downsampled size), 0.25 on average (measured at most 0.2)."""
     rng = np.random.default_rng(0)
     image = cv2.resize(rng.random((32, 32), dtype=np.float32), (1024, 1024), interpolation=cv2.INTER_NEAREST)
     exact = cv2.GaussianBlur(image, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
     fast = gaussian_blur(image, sigma)
     inner = slice(64, -64)  # resampling differs only near the border
-    assert np.abs(fast[inner, inner] - exact[inner, inner]).max() < 0.03
+    error = 255 * np.abs(fast[inner, inner] - exact[inner, inner])
+    assert error.max() < 1.5 and error.mean() < 0.25
 
 
 def test_png_encode_decode_round_trip(tmp_path):
