@@ -31,7 +31,8 @@ HOW_IID = ("use a hub id such as prs-eth/marigold-iid-lighting-v1-1 (or prs-eth/
            "or a local directory holding MarigoldIntrinsicsPipeline save_pretrained output "
            "(`hf download prs-eth/marigold-iid-lighting-v1-1 --local-dir DIR`)")
 HOW_NORMALS = ("use a hub id such as prs-eth/marigold-normals-v1-1, or a local directory holding "
-               "MarigoldNormalsPipeline save_pretrained output (`hf download prs-eth/marigold-normals-v1-1 --local-dir DIR`)")
+               "MarigoldNormalsPipeline save_pretrained output "
+               "(`hf download prs-eth/marigold-normals-v1-1 --local-dir DIR`)")
 MARGIN = 0.1  # context kept around the subject's box on each side, as a fraction of its long side
 MULTIPLE = 8  # Stable Diffusion's VAE downsamples by 8: processing sizes are multiples of it
 
