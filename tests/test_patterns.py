@@ -3,6 +3,8 @@ issue's ranges, sizes relative to the image, determinism per seed."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -72,27 +74,53 @@ def test_affine_moves_the_pattern():
     assert u[90, 50] > u[10, 50] and abs(u[50, 90] - u[50, 10]) < 1e-4
 
 
-CHECKS = {
-    "tree_foliage": lambda p: 4 <= p["octaves"] <= 6,
-    "venetian_blind": lambda p: 8 <= p["slats"] <= 15 and -20 <= p["angle"] <= 20,
-    "window_frame": lambda p: 2 <= p["cols"] <= 4 and 2 <= p["rows"] <= 3,
-    "branch": lambda p: 4 <= p["branches"] <= 8 and p["twigs"] >= 2 * p["branches"],
-    "curtain": lambda p: 6 <= p["folds"] <= 12,
-    "fence": lambda p: p["pickets"] >= 6 and p["rail"] > 0,
-    "voronoi": lambda p: 60 <= p["cells"] <= 120,
-    "lattice": lambda p: p["kind"] in ("grid", "diagonal", "cross"),
-    "cloud": lambda p: 2 <= p["blobs"] <= 4,
-    "screen": lambda p: p["kind"] in ("geometric", "star", "hexagon"),
-    "geometric": lambda p: 1 <= len(p["shapes"]) <= 3,
+# The README's catalogue table ("drawn per image" column), and what each row promises about the
+# recorded parameters. A change to either side fails test_catalogue_matches_the_readme_table.
+CATALOGUE = {
+    "tree_foliage": ("4-6 octaves, target coverage 0.3-0.6",
+                     lambda p: 4 <= p["octaves"] <= 6 and 0.3 <= p["target_coverage"] <= 0.6),
+    "venetian_blind": ("8-15 slats, +-20 deg, duty 0.35-0.65",
+                       lambda p: 8 <= p["slats"] <= 15 and -20 <= p["angle"] <= 20 and 0.35 <= p["duty"] <= 0.65),
+    "window_frame": ("2x2 to 4x3 panes, skew +-0.3",
+                     lambda p: 2 <= p["cols"] <= 4 and 2 <= p["rows"] <= 3 and -0.3 <= p["skew"] <= 0.3),
+    "branch": ("4-8 branches, 2-5 twigs each",
+               lambda p: 4 <= p["branches"] <= 8 and 2 * p["branches"] <= p["twigs"] <= 5 * p["branches"]),
+    "curtain": ("6-12 folds, density 0.55-0.9", lambda p: 6 <= p["folds"] <= 12 and 0.55 <= p["density"] <= 0.9),
+    "fence": ("6-14 pickets", lambda p: 6 <= p["pickets"] <= 14 and p["rail"] > 0),
+    "voronoi": ("60-120 cells", lambda p: 60 <= p["cells"] <= 120),
+    "lattice": ("grid, diagonal or cross; 5-12 cells",
+                lambda p: p["kind"] in ("grid", "diagonal", "cross") and 5 <= p["cells"] <= 12),
+    "cloud": ("2-4 blobs", lambda p: 2 <= p["blobs"] <= 4),
+    "screen": ("circle/square/diamond, star or hexagon holes",
+               lambda p: p["kind"] in ("star", "hexagon") or (p["kind"] == "geometric"
+                                                             and p["shape"] in ("circle", "square", "diamond"))),
+    "geometric": ("1-3 ellipses, polygons, rectangles",
+                  lambda p: 1 <= len(p["shapes"]) <= 3
+                  and set(p["shapes"]) <= {"ellipse", "polygon", "rectangle"}),
 }
+
+
+def readme_catalogue() -> dict[str, tuple[str, tuple[float, float]]]:
+    """family -> (drawn per image, coverage) from the README's pattern table."""
+    rows = {}
+    for line in (Path(__file__).resolve().parent.parent / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].strip("`") in PATTERNS:
+            lo, hi = cells[3].split("-")
+            rows[cells[0].strip("`")] = (cells[2], (float(lo), float(hi)))
+    return rows
+
+
+def test_catalogue_matches_the_readme_table():
+    assert readme_catalogue() == {name: (drawn, COVERAGE[name]) for name, (drawn, _) in CATALOGUE.items()}
 
 
 @pytest.mark.parametrize("name", sorted(PATTERNS))
 def test_drawn_parameters_are_in_the_catalogue_ranges(name):
     seen = set()
-    for seed in range(12):
+    for seed in range(40):
         _, params = render(name, np.random.default_rng(seed), 64, 64)
-        assert CHECKS[name](params), params
+        assert CATALOGUE[name][1](params), params
         seen.add(params.get("kind"))
     if name in ("lattice", "screen"):
         assert len(seen) == 3  # every variant turns up
