@@ -2,9 +2,12 @@
 
 Order of work, so that a bad file costs as little as possible:
 
-1. empty file, or content that is not an image: refused without decoding;
+1. empty file, or content that is not an image of an allowed format (``Limits.formats``, the
+   formats of ``data.extensions``): refused without decoding, and no other Pillow plugin (EPS,
+   which runs Ghostscript, PSD, ...) ever sees the file whatever its name;
 2. size read from the header: ``max_pixels`` (decompression bombs) and ``min_side`` are
-   checked before a single pixel is decoded;
+   checked before a single pixel is decoded; a JPEG with more scans than ``MAX_JPEG_SCANS``
+   (each progressive scan is one more pass over the whole image) is refused undecoded;
 3. decode (a truncated or corrupt file is refused here); JPEGs larger than ``max_side`` are
    decoded at a reduced DCT scale, which is both faster and smaller;
 4. EXIF orientation, before anything else looks at the pixels;
@@ -32,8 +35,14 @@ from synth.errors import ConfigError, SampleError, one_line
 Image.MAX_IMAGE_PIXELS = None
 
 # What a file's extension says its format is, to notice content that disagrees.
-EXTENSION_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP",
-                     ".tif": "TIFF", ".tiff": "TIFF", ".gif": "GIF"}
+# Also the allow-list: a file is opened only by the Pillow plugins of its job's extensions.
+EXTENSION_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".jfif": "JPEG", ".png": "PNG",
+                     ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".gif": "GIF"}
+DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")  # those of data.extensions' default
+# libjpeg writes 10 scans for a progressive colour JPEG, mozjpeg and jpegtran scripts a few
+# dozen; a crafted file repeats scans by the thousand and takes minutes to decode. Same order
+# as libjpeg-turbo's own scan limit (TJFLAG_LIMITSCANS: 500).
+MAX_JPEG_SCANS = 256
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -49,6 +58,7 @@ class Limits:
     min_side: int = 16  # refuse images with a side shorter than this (1x1, thin strips)
     max_side: int | None = 4096  # resize so that the long side is at most this
     max_pixels: int | None = 100_000_000  # refuse larger images from their header, undecoded
+    formats: tuple[str, ...] = DEFAULT_FORMATS  # Pillow formats a file may have: formats_for(data.extensions)
 
     def __post_init__(self):
         if not isinstance(self.min_side, int) or self.min_side < 1:
@@ -63,6 +73,13 @@ class Limits:
 NO_SIZE_LIMITS = Limits(min_side=1, max_side=None)  # bombs are still refused
 
 
+def formats_for(extensions: Any) -> tuple[str, ...]:
+    """The allow-list of Pillow formats for a job's ``data.extensions`` (an extension synth has
+    no format for adds none: such files are refused with a reason)."""
+    found = (EXTENSION_FORMATS.get(e.lower() if e.startswith(".") else "." + e.lower()) for e in extensions)
+    return tuple(dict.fromkeys(f for f in found if f))
+
+
 @dataclass
 class Decoded:
     rgb: np.ndarray  # HxWx3 uint8 sRGB, oriented and resized
@@ -74,6 +91,20 @@ class Decoded:
 
 def decode(src: str | os.PathLike | bytes, limits: Limits = Limits()) -> Decoded:
     """Decode ``src`` (a path or the file's bytes) or raise :class:`DecodeError`."""
+    with _open(src, limits) as im:
+        _check_header(im, src, limits)
+        return _decode_open(im, src, limits)
+
+
+def check_header(path: str | os.PathLike, limits: Limits) -> tuple[int, int]:
+    """The checks :func:`decode` makes before decoding (format, size, JPEG scans), for files that
+    another decoder reads (masks through OpenCV); returns (width, height) or raises DecodeError."""
+    with _open(path, limits) as im:
+        _check_header(im, path, limits)
+        return im.size
+
+
+def _open(src: str | os.PathLike | bytes, limits: Limits) -> Image.Image:
     data = src if isinstance(src, bytes) else None
     try:
         size = len(data) if data is not None else os.path.getsize(src)
@@ -82,16 +113,51 @@ def decode(src: str | os.PathLike | bytes, limits: Limits = Limits()) -> Decoded
     if size == 0:
         raise DecodeError("empty file (0 bytes)")
     try:
-        im = Image.open(io.BytesIO(data) if data is not None else src)
+        return Image.open(io.BytesIO(data) if data is not None else src, formats=limits.formats)
     except UnidentifiedImageError:
-        raise DecodeError(_not_an_image(data if data is not None else _head(src))) from None
+        reason = _not_an_image(data if data is not None else _head(src))
+        raise DecodeError(f"{reason} (allowed formats: {', '.join(limits.formats)})") from None
     except OSError as err:  # with an errno: the file system's complaint; without: the parser's
         reason = f"cannot open: {err.strerror}" if err.errno else f"corrupt or truncated header: {_one_line(err)}"
         raise DecodeError(reason) from None
     except Exception as err:  # noqa: BLE001 - parsers raise SyntaxError, ValueError, struct.error ...
         raise DecodeError(f"corrupt header: {_one_line(err)}") from None
-    with im:
-        return _decode_open(im, src, limits)
+
+
+def _check_header(im: Image.Image, src: Any, limits: Limits) -> None:
+    """Refuse, from the header alone, what would cost too much to decode."""
+    w, h = im.size
+    if limits.max_pixels is not None and w * h > limits.max_pixels:
+        raise DecodeError(f"{w}x{h} = {w * h} pixels exceeds data.max_pixels={limits.max_pixels} "
+                          "(possible decompression bomb); not decoded")
+    if im.format in ("JPEG", "MPO"):
+        scans = jpeg_scans(src if isinstance(src, bytes) else Path(src).read_bytes())
+        if scans > MAX_JPEG_SCANS:
+            raise DecodeError(f"JPEG with {scans} scans, more than any encoder writes ({MAX_JPEG_SCANS}); "
+                              "possible decoding-time bomb; not decoded")
+
+
+def jpeg_scans(data: bytes) -> int:
+    """How many scans (SOS segments) a JPEG file has."""
+    if data.count(b"\xff\xda") <= MAX_JPEG_SCANS:  # an upper bound: the usual case ends here
+        return data.count(b"\xff\xda")
+    # Walk the markers: segments are skipped by their length (an EXIF thumbnail or ICC profile may
+    # hold the same bytes), entropy-coded data up to the next marker.
+    count, i, n = 0, 2, len(data)
+    while True:
+        j = data.find(b"\xff", i)
+        if j < 0 or j + 3 >= n:
+            return count
+        marker = data[j + 1]
+        if marker == 0xFF:  # fill byte
+            i = j + 1
+        elif marker == 0x00 or 0xD0 <= marker <= 0xD8 or marker == 0x01:  # stuffed 0xFF, RSTn, SOI, TEM
+            i = j + 2
+        elif marker == 0xD9:  # EOI
+            return count
+        else:
+            count += marker == 0xDA
+            i = j + 2 + int.from_bytes(data[j + 2:j + 4], "big")
 
 
 def _decode_open(im: Image.Image, src: Any, limits: Limits) -> Decoded:
@@ -99,16 +165,13 @@ def _decode_open(im: Image.Image, src: Any, limits: Limits) -> Decoded:
     info: dict[str, Any] = {"format": fmt, "mode": mode, "width": w, "height": h}
     notes: list[str] = []
     warnings: list[str] = []
-    if limits.max_pixels is not None and w * h > limits.max_pixels:
-        raise DecodeError(f"{w}x{h} = {w * h} pixels exceeds data.max_pixels={limits.max_pixels} "
-                          "(possible decompression bomb); not decoded")
     out_w, out_h = _fit(w, h, limits.max_side)
     if min(out_w, out_h) < limits.min_side:
         resized = f" ({out_w}x{out_h} after data.max_side={limits.max_side})" if (out_w, out_h) != (w, h) else ""
         raise DecodeError(f"{w}x{h}{resized} has a side shorter than data.min_side={limits.min_side}")
     if not isinstance(src, bytes):
         expected = EXTENSION_FORMATS.get(Path(src).suffix.lower())
-        if expected and fmt and expected != fmt:
+        if expected and fmt and expected != {"MPO": "JPEG"}.get(fmt, fmt):  # MPO: a camera's JPEG
             warnings.append(f"content is {fmt} but the name ends in {Path(src).suffix}; decoded as {fmt}")
 
     if fmt == "JPEG" and (out_w, out_h) != (w, h) and mode in ("RGB", "L"):

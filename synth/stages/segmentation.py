@@ -1,21 +1,46 @@
 """Stage 1, weight-free: separate the subject from the background.
 
 Every segmentation stage sets ``mask`` (soft alpha in [0, 1]), ``foreground`` and
-``background`` through :func:`set_mask`, so model-backed implementations share the same ending.
+``background`` through :func:`set_mask`, so model-backed implementations share the same ending,
+and a mask that marks (almost) no subject fails its sample whichever method made it: the pair
+would be the input unchanged with a caption claiming a shadow.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import os
+
 import cv2
 import numpy as np
 
+from synth.decode import Limits, check_header
 from synth.errors import ConfigError, SampleError
 from synth.imaging import gaussian_blur, resize
 from synth.params import setting
 from synth.sample import Sample
 from synth.stages.base import Stage
+
+
+MIN_SUBJECT = 0.001  # a mask covering less of the frame than this (0.1%) marks no subject
+
+
+def empty_mask_reason(mask: np.ndarray, what: str = "the mask") -> str | None:
+    """Why ``mask`` (bool or [0, 1]) is unusable, or None: its subject covers (almost) nothing.
+    A full-frame mask is usable: every stage handles a subject without background."""
+    covered = float(np.mean(mask, dtype=np.float64))
+    if covered < MIN_SUBJECT:
+        return f"{what} marks no subject: it covers {covered:.3%} of the frame (less than {MIN_SUBJECT:.1%})"
+    return None
+
+
+def set_subject_mask(sample: Sample, mask: np.ndarray, what: str) -> None:
+    """:func:`set_mask` for a segmentation stage's result: an (almost) empty mask fails the sample."""
+    reason = empty_mask_reason(mask, what)
+    if reason:
+        raise SampleError(reason)
+    set_mask(sample, mask)
 
 
 def set_mask(sample: Sample, mask: np.ndarray) -> None:
@@ -62,7 +87,7 @@ class GrabCut(Stage):
         hard = _largest_component(hard)
         mask = resize(hard, (h, w))
         mask = gaussian_blur(mask, self.feather * max(h, w))
-        set_mask(sample, mask)
+        set_subject_mask(sample, mask, "grabcut's mask")  # uniform or tiny images give an empty one
 
 
 def _largest_component(binary: np.ndarray) -> np.ndarray:
@@ -88,24 +113,31 @@ class MaskFolder(Stage):
     channel when it is not uniform. Size: resized to the image (which may itself have been
     resized by ``data.max_side``) when the aspect ratio agrees; a mask of another shape is
     refused, since it belongs to another image (or to the image before EXIF rotation).
+
+    A mask file gets the input's header checks before OpenCV reads it (allowed formats, JPEG
+    scans, ``max_pixels``: ``data.max_pixels`` by default), and is only ever looked up inside
+    ``path``: ``..`` in an input's path (``data.path=../photos``) is not followed out of it.
     """
 
     name = "segmentation"
     provides = ("mask", "foreground", "background")
 
-    def __init__(self, path: str | None = None, suffix: str = ".png"):
+    def __init__(self, path: str | None = None, suffix: str = ".png", max_pixels: int | None = 100_000_000):
         if not path:
             raise ConfigError("segmentation.path: required with segmentation=mask_folder, e.g. segmentation.path=/data/masks")
         self.path = Path(path).expanduser()
         if not self.path.is_dir():
             raise ConfigError(f"segmentation.path={path}: not a directory")
         self.suffix = suffix
+        self.limits = Limits(min_side=1, max_side=None, max_pixels=max_pixels,
+                             formats=("PNG", "TIFF", "BMP", "JPEG", "WEBP"))  # what OpenCV reads
 
     def mask_path(self, sample: Sample) -> Path:
         """The mask for ``sample``: the longest tail of its path that exists here, else the flat name."""
         source = Path(sample.source)
         parts = source.with_name(source.stem + self.suffix).parts
         parts = parts[1:] if source.is_absolute() else parts
+        parts = tuple(p for p in parts if p not in ("..", "."))  # every candidate stays inside self.path
         for start in range(len(parts)):
             candidate = self.path.joinpath(*parts[start:])
             if candidate.is_file():
@@ -114,8 +146,15 @@ class MaskFolder(Stage):
 
     def process_sample(self, sample: Sample) -> None:
         path = self.mask_path(sample)
+        root = os.path.normpath(self.path.absolute())
+        if os.path.commonpath([root, os.path.normpath(path.absolute())]) != root:  # defence in depth
+            raise SampleError(f"mask {path} is outside segmentation.path={self.path}")
         if not path.is_file():
             raise SampleError(f"no mask {path} for {sample.source}")
+        try:
+            check_header(path, self.limits)
+        except SampleError as err:
+            raise SampleError(f"mask {path} is not a readable image: {err}") from None
         raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if raw is None:
             raise SampleError(f"mask {path} is not a readable image")
@@ -123,7 +162,7 @@ class MaskFolder(Stage):
         (mh, mw), (h, w) = mask.shape, sample.image.shape[:2]
         if abs(mh - mw * h / w) > max(1.0, 0.02 * mh):
             raise SampleError(f"mask {path} is {mw}x{mh} but the image is {w}x{h}: the aspect ratio differs")
-        set_mask(sample, resize(mask, (h, w)))
+        set_subject_mask(sample, resize(mask, (h, w)), f"mask {path}")
 
 
 def _mask_values(raw: np.ndarray, path: Path) -> np.ndarray:
@@ -163,4 +202,4 @@ class AlphaMask(Stage):
         lo, hi = int(alpha.min()), int(alpha.max())
         if lo == hi:
             raise SampleError(f"segmentation=alpha: the alpha channel is uniform ({lo}), so it marks no subject")
-        set_mask(sample, alpha.astype(np.float32) / 255.0)
+        set_subject_mask(sample, alpha.astype(np.float32) / 255.0, "the alpha channel")
