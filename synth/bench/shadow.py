@@ -1,4 +1,5 @@
-"""Stage 3 timings: ``python -m synth.bench shadow [--size 1024] [--repeats 15]``.
+"""Stage 3 timings: ``python -m synth.bench shadow [--size 1024] [--repeats 15]``; and how
+visible its degradations are: ``python -m synth.bench shadow --visibility [--seeds 8] [OVERRIDES]``.
 
 Prints, as medians of ``--repeats`` runs in this process:
 
@@ -10,6 +11,12 @@ Prints, as medians of ``--repeats`` runs in this process:
 * ``shadow=soft_shading`` and ``shadow=mix`` on the same input, for reference.
 
 Numbers only, no assertions: compare runs on the same machine.
+
+``--visibility`` runs stages 1-3 as ``python -m synth OVERRIDES`` builds them on every bundled
+photo, sample indices 0..SEEDS-1, once per pattern family (``shadow.patterns=NAME``; and once
+for ``shadow=soft_shading`` when no override is given), and prints per row: the share of samples
+whose first draw passed ``shadow.min_visibility``, redraws per sample, samples that failed
+"degradation not visible", and the median ``visibility`` of the results.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import cv2
 import numpy as np
 
 from synth.data import SAMPLES_DIR
+from synth.errors import SampleError
 from synth.imaging import open_rgb
 from synth.sample import Sample
 from synth.stages.patterns import PATTERNS, render
@@ -53,11 +61,78 @@ def run_stage(stage, template: Sample, index: int) -> None:
     stage.process([sample])
 
 
+def visibility_rows(overrides: list[str], seeds: int, only: list[str] | None = None) -> dict[str, dict]:
+    """Per row (a family, or soft_shading): first-draw pass share, redraws, failures, medians."""
+    from hydra import compose, initialize_config_module
+
+    from synth.app import build
+
+    def config(*extra: str):
+        with initialize_config_module(config_module="synth.conf", version_base="1.3"):
+            return compose(config_name="config", overrides=[*overrides, *extra])
+
+    cfg = config()
+    photos = []
+    for path in sorted(SAMPLES_DIR.glob("*.jpg")):  # stages 1 and 2 once per photo
+        sample = Sample(index=0, id="000000", source=str(path), seed=int(cfg.seed))
+        sample.image = open_rgb(str(path))
+        for group in ("segmentation", "albedo"):
+            if group in cfg:
+                build(cfg, group).process([sample])
+        photos.append(sample)
+    rows = {name: [f"shadow.patterns={name}"] for name in PATTERNS}
+    if not overrides:
+        rows["soft_shading"] = ["shadow=soft_shading"]
+    results = {}
+    for name, extra in rows.items():
+        if only and name not in only:
+            continue
+        stage = build(config(*extra), "shadow")
+        first, redraws, failed, shadowed, change = [], [], 0, [], []
+        for photo in photos:
+            for index in range(seeds):
+                sample = copy.copy(photo)
+                sample.index, sample.params = index, {}
+                try:
+                    stage.process([sample])
+                except SampleError:
+                    failed += 1
+                    first.append(False)
+                    redraws.append(stage.floor.max_redraws)
+                    continue
+                record = sample.params["shadow"]
+                redraws.append(record["redraws"])
+                first.append(record["redraws"] == 0)
+                shadowed.append(record["visibility"]["shadowed"])
+                change.append(record["visibility"]["change"])
+        results[name] = {"samples": len(first), "first": float(np.mean(first)), "redraws": float(np.mean(redraws)),
+                         "failed": failed, "shadowed": float(np.median(shadowed)) if shadowed else 0.0,
+                         "change": float(np.median(change)) if change else 0.0}
+    return results
+
+
+def visibility_report(overrides: list[str], seeds: int) -> None:
+    rows = visibility_rows(overrides, seeds)
+    n = next(iter(rows.values()))["samples"]
+    print(f"visibility on the bundled photos, {n} samples per row ({seeds} per photo); overrides: "
+          f"{' '.join(overrides) or 'none'}")
+    print("row              visible at first draw  redraws/sample  failed  median shadowed  median change")
+    for name, r in rows.items():
+        print(f"  {name:16s} {r['first']:20.0%} {r['redraws']:15.2f} {r['failed']:7d} {r['shadowed']:16.3f}"
+              f" {r['change']:14.3f}")
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m synth.bench shadow", description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--visibility", action="store_true", help="report visibility per family instead of timings")
+    parser.add_argument("--seeds", type=int, default=8, help="with --visibility: samples per photo")
+    parser.add_argument("overrides", nargs="*", help="with --visibility: config overrides, e.g. experiment=sun_shadows")
     args = parser.parse_args(argv)
+    if args.visibility:
+        visibility_report(args.overrides, args.seeds)
+        return
     size, repeats = args.size, args.repeats
 
     print(f"stage 3 benchmark at {size}x{size}, medians of {repeats} runs ({cv2.getNumThreads()} OpenCV threads)")

@@ -30,7 +30,7 @@ COVERAGE: dict[str, tuple[float, float]] = {
     "tree_foliage": (0.25, 0.65),
     "venetian_blind": (0.3, 0.7),
     "window_frame": (0.15, 0.9),
-    "branch": (0.01, 0.4),
+    "branch": (0.05, 0.35),
     "curtain": (0.25, 0.85),
     "fence": (0.15, 0.8),
     "voronoi": (0.15, 0.8),
@@ -42,8 +42,10 @@ COVERAGE: dict[str, tuple[float, float]] = {
 
 # A family whose shadow is made of thin parts records their width (q units) as
 # ``occluder_width``; the cast shadow then limits its penumbra's sigma to this many widths, so a
-# blur never erases them (a bar blurred by sigma = 0.4 x its width keeps 79 % of its umbra).
-PENUMBRA_PER_WIDTH = 0.4
+# blur never erases them: a bar blurred by sigma = 0.3 x its width keeps 90 % of its umbra, and
+# its 10-90 % penumbra is 0.77 x its width (an occluder ~80 widths away, as the sun's 0.53 deg
+# disc makes it).
+PENUMBRA_PER_WIDTH = 0.3
 
 _SHIFT = 4  # fractional bits for OpenCV drawing (sub-pixel vertex positions)
 _RASTER = 256  # long side of the rasters used for smooth patterns (noise, curtains, clouds)
@@ -255,7 +257,8 @@ def venetian_blind(rng, frame):
     phase = float(rng.uniform(0, 1))
     along = frame.coordinate(90 + angle, slats, phase)
     along -= np.floor(along)
-    return (along < duty).astype(np.float32), {"slats": slats, "angle": angle, "duty": duty}
+    return (along < duty).astype(np.float32), {"slats": slats, "angle": angle, "duty": duty,
+                                               "occluder_width": duty / slats}
 
 
 @pattern("window_frame")
@@ -279,16 +282,19 @@ def window_frame(rng, frame):
     starts = np.concatenate([at(xs, 0), at(0, ys)])
     ends = np.concatenate([at(xs, rows), at(cols, ys)])
     _strokes(canvas, frame, starts, ends, np.full(len(starts), bar))
-    return _unit(canvas), {"cols": cols, "rows": rows, "width": width, "height": height, "bar": bar, "skew": skew}
+    return _unit(canvas), {"cols": cols, "rows": rows, "width": width, "height": height, "bar": bar, "skew": skew,
+                           "occluder_width": bar}
 
 
 @pattern("branch")
 def branch(rng, frame):
-    """4-8 branches entering from one side, tapering, each with 2-5 twigs."""
-    n = int(rng.integers(4, 9))
+    """5-9 branches entering from one side and reaching across the middle, tapering, each with
+    2-5 twigs. Their penumbra is limited by their width (``occluder_width``: the median branch)."""
+    n = int(rng.integers(5, 10))
     canvas = np.zeros((frame.h, frame.w), np.uint8)
     side = float(rng.uniform(0, 2 * np.pi))  # where the tree is
     twig_total = 0
+    thicknesses = []
 
     def stroke(points: np.ndarray, t0: float, t1: float) -> None:
         widths = np.linspace(t0, t1, len(points))
@@ -304,9 +310,10 @@ def branch(rng, frame):
         start = 0.8 * np.array([np.cos(origin_angle), np.sin(origin_angle)])
         heading = origin_angle + np.pi + rng.uniform(-0.5, 0.5)
         steps = int(rng.integers(6, 11))
-        thick = float(rng.uniform(0.015, 0.035))
-        path = walk(start, heading, float(rng.uniform(0.6, 1.1)), steps, 0.15)
-        stroke(path, thick, 0.3 * thick)
+        thick = float(rng.uniform(0.02, 0.045))
+        thicknesses.append(thick)
+        path = walk(start, heading, float(rng.uniform(0.8, 1.3)), steps, 0.15)
+        stroke(path, thick, 0.5 * thick)
         twigs = int(rng.integers(2, 6))
         twig_total += twigs
         for at in rng.integers(2, steps, twigs):
@@ -315,7 +322,7 @@ def branch(rng, frame):
             twig_heading = np.arctan2(d[1], d[0]) + rng.choice([-1, 1]) * rng.uniform(0.45, 1.0)
             twig = walk(path[at], twig_heading, float(rng.uniform(0.1, 0.25)), 3, 0.25)
             stroke(twig, 0.5 * thick * (1 - 0.7 * along), 0.1 * thick)
-    return _unit(canvas), {"branches": n, "twigs": twig_total}
+    return _unit(canvas), {"branches": n, "twigs": twig_total, "occluder_width": float(np.median(thicknesses))}
 
 
 @pattern("curtain")
@@ -381,7 +388,7 @@ def voronoi(rng, frame):
     _fill(canvas, frame, [f for f, s in zip(facets, shaded) if s])
     edges = np.concatenate([np.stack([f, np.roll(f, -1, axis=0)], axis=1) for f in facets])
     _strokes(canvas, frame, edges[:, 0], edges[:, 1], np.full(len(edges), wall))
-    return _unit(canvas), {"cells": cells, "wall": wall, "fill": fill}
+    return _unit(canvas), {"cells": cells, "wall": wall, "fill": fill, "occluder_width": wall}
 
 
 @pattern("lattice")
@@ -396,7 +403,7 @@ def lattice(rng, frame):
         c = frame.coordinate(angle, cells, float(rng.uniform(0, 1)))
         c -= np.floor(c)
         matte |= c < np.float32(bar)
-    return matte.astype(np.float32), {"kind": kind, "cells": cells, "bar": bar}
+    return matte.astype(np.float32), {"kind": kind, "cells": cells, "bar": bar, "occluder_width": bar / cells}
 
 
 @pattern("cloud")
@@ -430,7 +437,7 @@ def screen(rng, frame):
     cells = float(rng.uniform(6, 12))
     hole = float(rng.uniform(0.55, 0.8))  # hole size as a fraction of the cell
     pitch = 1.0 / cells
-    params = {"kind": kind, "cells": cells, "hole": hole}
+    params = {"kind": kind, "cells": cells, "hole": hole, "occluder_width": (1.0 - hole) * pitch}
     if kind == "geometric":
         shape = ["circle", "square", "diamond"][int(rng.integers(3))]
         params["shape"] = shape

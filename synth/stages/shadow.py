@@ -158,7 +158,7 @@ class CastShadow:
     inside the umbra (0 = none). ``key`` is the config path, used in errors and random streams.
     """
 
-    def __init__(self, key: str = "shadow", patterns=None, opacity=(0.3, 0.7), blur=(31, 111),
+    def __init__(self, key: str = "shadow", patterns=None, opacity=(0.39, 0.78), blur=(31, 111),
                  blur_growth=(1.0, 2.0), color="sky", tint=(0.0, 0.2), variation=(0.0, 0.15),
                  reference_size: int = 1024):
         self.key = key
@@ -259,7 +259,7 @@ class SoftShading(Stage):
     name = "shadow"
     provides = ("degraded", "shadow_matte")
 
-    def __init__(self, base: str = "albedo", ambient=(0.6, 0.85), elevation=(10.0, 80.0),
+    def __init__(self, base: str = "albedo", ambient=(0.5, 0.8), elevation=(10.0, 60.0),
                  azimuth=(0.0, 360.0), specular_chance=0.3, specular=(0.05, 0.2), shininess=(16.0, 64.0),
                  normals: str = "inflate", depth_model: str | None = None, relief: float = 0.5,
                  normals_model: str = "prs-eth/marigold-normals-v1-1", cast_chance=0.3,
