@@ -109,3 +109,53 @@ def test_cli_reports_a_missing_sam_checkpoint_in_one_line(tmp_path):
         "error: segmentation.checkpoint=/nonexistent: no such file; download "
         "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth "
         "and set segmentation.checkpoint=/path/to/sam_vit_h_4b8939.pth"]
+
+
+@pytest.mark.parametrize("prompt", ["center_point", "box"])
+def test_sam_device_path_matches_segment_anythings_forward(tiny_sam, prompt):
+    """Code path, not quality: fused attention, choosing the candidate at low resolution and
+    feathering on the device (here CPU tensors, the same code) give the mask that
+    segment-anything's own forward (all candidates at full size) plus CPU feathering gives, to
+    8-bit rounding; only that one uint8 HxW mask per image reaches apply()."""
+    from segment_anything.build_sam import _build_sam
+
+    from synth.imaging import gaussian_blur, to_uint8
+
+    stage = make_stage(tiny_sam, f"segmentation.prompt={prompt}")
+    torch.manual_seed(1)
+    for name, param in stage.model.named_parameters():  # non-zero relative positions, so the bias path counts
+        if "rel_pos" in name:
+            torch.nn.init.normal_(param, std=0.5)
+    reference = _build_sam(*architecture(stage.model.state_dict())).eval()
+    reference.load_state_dict(stage.model.state_dict())
+    crossed, apply = [], stage.apply
+    stage.apply = lambda sample, result: (crossed.append(result), apply(sample, result))
+    batch = two_photos()
+    stage.process(batch)
+
+    records = []
+    for sample in batch:
+        h, w = sample.image.shape[:2]
+        image = torch.as_tensor(stage.resize.apply_image(sample.image)).permute(2, 0, 1).float()
+        record = {"image": image, "original_size": (h, w)}
+        if prompt == "center_point":
+            record["point_coords"] = torch.as_tensor(stage.resize.apply_coords(np.array([[[w / 2, h / 2]]], np.float32), (h, w)))
+            record["point_labels"] = torch.ones((1, 1), dtype=torch.int)
+        else:
+            m = stage.margin
+            record["boxes"] = torch.as_tensor(stage.resize.apply_boxes(
+                np.array([[w * m, h * m, w * (1 - m), h * (1 - m)]], np.float32), (h, w)))
+        records.append(record)
+    with torch.inference_mode():
+        outputs = reference(records, multimask_output=prompt == "center_point")
+    compared = 0
+    for sample, out, mask in zip(batch, outputs, crossed):
+        h, w = sample.image.shape[:2]
+        assert mask.dtype == np.uint8 and mask.shape == (h, w)
+        hard = out["masks"][0, int(out["iou_predictions"][0].argmax())].numpy()
+        want = gaussian_blur(hard.astype(np.float32), stage.feather * max(h, w))
+        # random weights put many logits near the threshold, where float rounding flips a few pixels
+        diff = np.abs(to_uint8(want).astype(int) - mask)
+        assert (diff > 1).mean() < 0.001 and diff.mean() < 0.05
+        compared += sample.ok and 0 < hard.mean() < 1
+    assert compared, "with these seeded weights at least one mask must have an edge"

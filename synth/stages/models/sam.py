@@ -48,6 +48,42 @@ def architecture(state: dict) -> tuple[int, int, int, tuple[int, ...]]:
     return dim, depth, dim // head_dim, global_blocks
 
 
+def fused_attention(encoder: Any) -> None:
+    """Make the image encoder's attention blocks use torch's fused attention.
+
+    segment-anything writes out each attention matrix, adds the relative positions and takes a
+    float32 softmax: about 2 GiB per 1024 px image in each global block, 64.7 GiB at batch 32.
+    The fused kernel takes the relative positions as an additive bias and never holds the
+    probabilities, so the bias (heads x 4096 x 4096 in the compute dtype) is the largest
+    tensor. Same maths, so the masks match to float rounding.
+    """
+    import types
+
+    from segment_anything.modeling.image_encoder import Attention
+
+    for module in encoder.modules():
+        if isinstance(module, Attention):
+            module.forward = types.MethodType(_fused_forward, module)
+
+
+def _fused_forward(self: Any, x: Any) -> Any:
+    import torch
+    import torch.nn.functional as F
+    from segment_anything.modeling.image_encoder import get_rel_pos
+
+    b, h, w, _ = x.shape
+    q, k, v = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (b, heads, hw, c)
+    bias = None
+    if self.use_rel_pos:  # segment_anything's add_decomposed_rel_pos, as a bias instead of an in-place sum
+        r_q = q.reshape(b * self.num_heads, h, w, -1)
+        rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(h, h, self.rel_pos_h))
+        rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(w, w, self.rel_pos_w))
+        bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(b, self.num_heads, h * w, h * w)
+        bias = bias.to(q.dtype)
+    x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+    return self.proj(x.view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1))
+
+
 class Sam(ModelSegmentation):
     """``prompt=center_point`` asks for the object under the image centre (the best of SAM's three
     candidate masks by predicted IoU), ``box`` for the object inside a centred box inset by
@@ -95,6 +131,7 @@ class Sam(ModelSegmentation):
                               f"set segmentation.model_type={named if named in ARCHITECTURES else 'auto'}")
         model = _build_sam(*found)  # the builder behind segment_anything.sam_model_registry
         model.load_state_dict(state)
+        fused_attention(model.image_encoder)
         self.model = model.to(self.device).eval()
         self.resize = ResizeLongestSide(model.image_encoder.img_size)
         if self.prompt == "auto":
@@ -110,34 +147,44 @@ class Sam(ModelSegmentation):
         return torch.autocast(self.device.split(":")[0], dtype=self.dtype, enabled=self.dtype != torch.float32)
 
     def infer(self, chunk: list[Sample]) -> list[np.ndarray | None]:
+        """One feathered uint8 mask (or None) per sample; see :meth:`ModelSegmentation.to_mask`."""
+        import torch
+
         with self.autocast():
             if self.prompt == "auto":  # the generator prompts one image at a time with a point grid
-                return [self.largest_central(self.generator.generate(s.image), s.image.shape[:2]) for s in chunk]
+                found = [self.largest_central(self.generator.generate(s.image), s.image.shape[:2]) for s in chunk]
+                return [None if m is None else self.to_mask(torch.as_tensor(m, device=self.device)) for m in found]
             return self.prompted(chunk)
 
     def prompted(self, chunk: list[Sample]) -> list[np.ndarray]:
+        """What ``Sam.forward`` does, except that the best of the candidate masks is chosen at low
+        resolution and only that one is resized to the image (forward resizes all three in float32)."""
         import torch
 
-        records = []
+        model, images, sizes, prompts = self.model, [], [], []
         for sample in chunk:
             h, w = sample.image.shape[:2]
             resized = torch.as_tensor(self.resize.apply_image(sample.image), device=self.device)
-            record = {"image": resized.permute(2, 0, 1).contiguous().float(), "original_size": (h, w)}
+            images.append(model.preprocess(resized.permute(2, 0, 1).contiguous().float()))
+            sizes.append(tuple(resized.shape[:2]))
             if self.prompt == "center_point":
                 point = self.resize.apply_coords(np.array([[[w / 2, h / 2]]], np.float32), (h, w))
-                record["point_coords"] = torch.as_tensor(point, dtype=torch.float32, device=self.device)
-                record["point_labels"] = torch.ones((1, 1), dtype=torch.int, device=self.device)
+                prompts.append({"points": (torch.as_tensor(point, dtype=torch.float32, device=self.device),
+                                           torch.ones((1, 1), dtype=torch.int, device=self.device))})
             else:
                 m = self.margin
                 box = self.resize.apply_boxes(np.array([[w * m, h * m, w * (1 - m), h * (1 - m)]], np.float32), (h, w))
-                record["boxes"] = torch.as_tensor(box, dtype=torch.float32, device=self.device)
-            records.append(record)
-        # one batched image-encoder pass; the light prompt decoder runs per image inside
-        outputs = self.model(records, multimask_output=self.prompt == "center_point")
+                prompts.append({"boxes": torch.as_tensor(box, dtype=torch.float32, device=self.device)})
+        embeddings = model.image_encoder(torch.stack(images))  # one batched pass; the light decoder runs per image
         masks = []
-        for out in outputs:
-            best = int(out["iou_predictions"][0].float().argmax())
-            masks.append(out["masks"][0, best].cpu().numpy())
+        for sample, embedding, size, prompt in zip(chunk, embeddings, sizes, prompts):
+            sparse, dense = model.prompt_encoder(points=prompt.get("points"), boxes=prompt.get("boxes"), masks=None)
+            low_res, iou = model.mask_decoder(image_embeddings=embedding[None], image_pe=model.prompt_encoder.get_dense_pe(),
+                                              sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                              multimask_output=self.prompt == "center_point")
+            best = int(iou[0].float().argmax())
+            logits = model.postprocess_masks(low_res[:, best:best + 1].float(), size, sample.image.shape[:2])
+            masks.append(self.to_mask(logits[0, 0] > model.mask_threshold))
         return masks
 
     @staticmethod
