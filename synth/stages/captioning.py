@@ -1,4 +1,5 @@
-"""Stage 4, weight-free: an edit instruction written from the sampled degradation."""
+"""Stage 4, weight-free: an edit instruction written from the sampled degradation and its
+measured visibility (a shadow on a small part of the subject reads "a few thin branch shadows")."""
 
 from __future__ import annotations
 
@@ -22,25 +23,46 @@ PATTERN_WORDS = {
 }
 
 
+# Families whose shadow is many parts: on a small part of the subject it reads "a few ... shadows";
+# the others read "a small ... shadow". Thin ones say so.
+MANY_PARTS = {"branch", "venetian_blind", "window_frame", "fence", "voronoi", "lattice", "screen", "tree_foliage"}
+THIN = {"branch", "window_frame", "voronoi"}
+SMALL = 0.15  # shadowed share of the subject (``visibility``) below which a shadow is "a few" / "small"
+
+
 # Where the light comes from, by azimuth sector (degrees counter-clockwise from the right).
 LIGHT_WORDS = ("right-side", "upper-right", "top", "upper-left", "left-side", "lower-left", "bottom", "lower-right")
 
 
-def _shadow_phrase(params: dict) -> str:
-    """'the dark soft striped shadow' from a hard-shadow record."""
-    blur, opacity = params.get("blur", 71), params.get("opacity", 0.5)
+def _shadow_phrase(params: dict, seen: dict | None = None) -> str:
+    """'the dark soft striped shadow' from a hard-shadow record, or 'a few thin branch shadows'
+    when its measured ``visibility`` (``seen``) covers a small part of the subject."""
+    blur = params.get("blur_used", params.get("blur", 71))
     edge = "crisp" if blur < 51 else "soft" if blur < 91 else "very soft"
-    strength = "faint " if opacity < 0.4 else "dark " if opacity > 0.6 else ""
-    pattern = PATTERN_WORDS.get(params.get("pattern"), str(params.get("pattern", "")).replace("_", " "))
+    if seen and seen.get("mean_drop"):  # what the eye sees: the luma drop inside the shadow
+        strength = "faint " if seen["mean_drop"] < 0.25 else "dark " if seen["mean_drop"] > 0.4 else ""
+    else:
+        opacity = params.get("opacity", 0.5)
+        strength = "faint " if opacity < 0.4 else "dark " if opacity > 0.6 else ""
+    name = params.get("pattern")
+    pattern = PATTERN_WORDS.get(name, str(name or "").replace("_", " "))
+    if seen and seen.get("shadowed", 1.0) < SMALL:
+        if name in MANY_PARTS:
+            return f"a few {strength}{'thin ' if name in THIN else ''}{pattern} shadows".replace("  ", " ")
+        return f"a small {strength}{edge} {pattern} shadow".replace("  ", " ")
     return f"the {strength}{edge} {pattern} shadow".replace("  ", " ")
 
 
-def _light_phrase(params: dict) -> str:
-    """'the strong upper-left lighting and highlights' from a soft-shading record."""
+def _light_phrase(params: dict, seen: dict | None = None) -> str:
+    """'the strong upper-left lighting and highlights' from a soft-shading record (strength from
+    its measured ``change`` when there is one)."""
     elevation = params.get("elevation", 45)
     sector = int(((params.get("azimuth", 0) + 22.5) % 360) // 45)
     direction = "frontal" if elevation >= 65 else LIGHT_WORDS[sector]
-    strength = "strong" if params.get("ambient", 0.7) < 0.7 else "soft"
+    if seen and "change" in seen:
+        strength = "strong" if seen["change"] >= 0.12 else "soft"
+    else:
+        strength = "strong" if params.get("ambient", 0.7) < 0.7 else "soft"
     shine = " and highlights" if params.get("specular") else ""
     return f"the {strength} {direction} lighting{shine}"
 
@@ -49,13 +71,15 @@ def describe_degradation(sample: Sample) -> str:
     """A short noun phrase for what stage 3 did, e.g. 'the soft striped shadow', 'the strong
     left-side lighting', 'the soft top lighting and the faint dappled leaf shadow'."""
     params = sample.params.get("shadow", {})
+    seen = params.get("visibility")  # measured on the whole degradation (synth.stages.shadow.visibility)
     if "soft_shading" in params and "hard_shadow" in params:  # shadow=mix drew both
+        # The measure covers light and shadow together: it sizes neither part on its own.
         return f"{_light_phrase(params['soft_shading'])} and {_shadow_phrase(params['hard_shadow'])}"
     if sample.degradation_type == "hard_shadow" or "pattern" in params:
-        return _shadow_phrase(params)
+        return _shadow_phrase(params, seen)
     if "azimuth" in params:
         cast = params.get("cast_shadow")
-        return _light_phrase(params) + (f" and {_shadow_phrase(cast)}" if cast else "")
+        return _light_phrase(params, seen) + (f" and {_shadow_phrase(cast)}" if cast else "")
     if sample.degradation_type:
         return f"the {sample.degradation_type.replace('_', ' ')}"
     return "the lighting change"

@@ -34,6 +34,11 @@ BASES = ("albedo", "foreground")
 NORMALS = ("inflate", "depth", "marigold")
 
 
+def sigma_to_kernel(sigma: float) -> int:
+    """The odd kernel whose OpenCV sigma is nearest ``sigma`` (inverse of ``kernel_to_sigma``)."""
+    return max(1, 2 * round((sigma - 0.8) / 0.3 + 1) + 1)
+
+
 def _check_base(key: str, base: str) -> tuple[str, ...]:
     """Validate ``base`` and return the fields it needs."""
     if base not in BASES:
@@ -206,6 +211,7 @@ class CastShadow:
         params = {"type": "hard_shadow", "pattern": name, "opacity": opacity, "color": color, "tint": tint,
                   "umbra_scale": [round(float(1 - b), 6) for b in blocked], "blur": blur, "sigma_px": near,
                   "sigma_far_px": near * spread, "penumbra_limited": bool(limited),
+                  "blur_used": sigma_to_kernel(near * self.reference_size / max(h, w)) if limited else blur,
                   "blur_growth": growth, "blur_growth_direction": direction, "variation": variation,
                   "pattern_params": pattern_params}
         return linear, matte, params
