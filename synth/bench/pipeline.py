@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import statistics
 import subprocess
@@ -138,12 +139,18 @@ def main(argv: list[str]) -> None:
               f"masks given, all artifacts written, {args.repeats} runs per PNG encoder")
         rates: dict[str, list[float]] = {e: [] for e in encoders}
         write_ms: dict[str, list[float]] = {e: [] for e in encoders}
+        cpu_s: dict[str, list[float]] = {e: [] for e in encoders}
         sizes: dict[str, int] = {}
         stage_ms: dict[str, list[float]] = {}
         for r in range(args.repeats):
             for encoder in encoders:  # interleaved, so that load changes on the machine hit both alike
                 run_dir = tmp / f"run-{encoder}-{r}"
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 summary = time_run(run_dir, [*base, f"writer.png_encoder={encoder}"])
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                # CPU time is what a busy shared machine distorts least (start-up included)
+                cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+                cpu_s[encoder].append(cpu / max(1, summary["done"]))
                 rates[encoder].append(summary["images_per_s"])
                 write_ms[encoder].append(summary["stage_ms"]["write"]["median"])
                 sizes[encoder] = bytes_on_disk(run_dir) // max(1, summary["done"])
@@ -152,14 +159,16 @@ def main(argv: list[str]) -> None:
                         stage_ms.setdefault(stage, []).append(ms["median"])
                 shutil.rmtree(run_dir)  # 24 samples at 1024 px are about 200 MB
                 print(f"  run {r + 1} png_encoder={encoder}: {summary['images_per_s']:.2f} images/s")
-        print(f"{'png_encoder':<12} {'images/s':>9} {'(runs)':>13} {'write ms/image':>15} {'MB/sample':>10}")
+        print(f"{'png_encoder':<12} {'images/s':>9} {'(runs)':>13} {'write ms/image':>15} {'CPU s/image':>12} "
+              f"{'MB/sample':>10}")
         for e in encoders:
             print(f"{e:<12} {statistics.median(rates[e]):>9.2f} {min(rates[e]):>6.2f}-{max(rates[e]):<6.2f} "
-                  f"{statistics.median(write_ms[e]):>15.0f} {sizes[e] / 1e6:>10.2f}")
+                  f"{statistics.median(write_ms[e]):>15.0f} {statistics.median(cpu_s[e]):>12.2f} {sizes[e] / 1e6:>10.2f}")
         first, last = encoders[0], encoders[-1]
         rate = statistics.median(rates[last])
         if last != first:
             print(f"{last} vs {first}: {rate / statistics.median(rates[first]):.2f}x images/s, "
+                  f"{statistics.median(cpu_s[first]) / statistics.median(cpu_s[last]):.2f}x less CPU per image, "
                   f"{sizes[last] / sizes[first]:.2f}x size")
         print(f"  per-image ms of the other stages (median, png_encoder={last}): "
               + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in stage_ms.items()))
