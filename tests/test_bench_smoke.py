@@ -1,0 +1,52 @@
+"""Smoke runs of every benchmark and of scripts/contact_sheet.py at their smallest settings, so the
+numbers in the README come from code that still runs. They prove the harness runs end to end
+and prints its table, not any speed (speed is what the benchmarks themselves print)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from synth.bench.__main__ import available
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+# name -> (smallest arguments, a line fragment its report must print)
+SMALLEST = {
+    "pipeline": (["--count", "2", "--size", "64", "--repeats", "1", "--baseline-count", "0", "--encoders", "cv2"],
+                 "images/s"),
+    "scale": (["--count", "2", "--size", "64", "--repeats", "1", "--jobs", "1", "--writers", "webdataset"],
+              "| webdataset |"),
+    "cores": (["--count", "2", "--size", "64", "--repeats", "1", "--workers", "1"], "speed-up"),
+    "memory": (["--counts", "3", "--size", "32", "--csv-rows", "0"], "peak RSS"),
+    "shadow": (["--size", "64", "--repeats", "1"], "kernel 111 / kernel 31"),
+    # Every model stage on tiny random architectures takes about a minute on 2 cores: --help here;
+    # tests/test_models_*.py run the same model code paths.
+    "models": (["--help"], "--tiny"),
+}
+
+
+def test_every_benchmark_has_a_smoke_run():
+    assert sorted(SMALLEST) == available()
+
+
+@pytest.mark.parametrize("name", sorted(SMALLEST))
+def test_benchmark_runs_at_its_smallest_setting(name, tmp_path):
+    args, expected = SMALLEST[name]
+    proc = subprocess.run([sys.executable, "-m", "synth.bench", name, *args], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert expected in proc.stdout, proc.stdout
+
+
+def test_contact_sheet_script_writes_a_sheet(tmp_path):
+    out = tmp_path / "sheet.png"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "contact_sheet.py"), "--out", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with Image.open(out) as sheet:
+        assert sheet.format == "PNG" and min(sheet.size) > 600  # several 300 px tiles
