@@ -50,15 +50,20 @@ def write_sam3(path: Path, tiny: bool) -> dict:
 
     config = Sam3Config()  # the defaults are facebook/sam3's architecture
     size = 1008
-    if tiny:
-        from transformers.models.sam3.configuration_sam3 import Sam3VisionConfig, Sam3ViTConfig
+    if tiny:  # every part small (the DETR decoder's defaults alone take seconds per image on a CPU)
+        from transformers.models.sam3.configuration_sam3 import (Sam3DETRDecoderConfig, Sam3DETREncoderConfig,
+                                                                 Sam3GeometryEncoderConfig, Sam3MaskDecoderConfig,
+                                                                 Sam3VisionConfig, Sam3ViTConfig)
 
-        size = 224
-        backbone = Sam3ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                                 image_size=size, window_size=8, global_attn_indexes=[1])
-        config = Sam3Config(vision_config=Sam3VisionConfig(backbone_config=backbone, fpn_hidden_size=256),
-                            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                             num_attention_heads=4, projection_dim=32, max_position_embeddings=32))
+        size, small = 224, dict(hidden_size=32, num_attention_heads=4, intermediate_size=64)
+        backbone = Sam3ViTConfig(num_hidden_layers=2, image_size=size, window_size=8, global_attn_indexes=[1], **small)
+        config = Sam3Config(
+            vision_config=Sam3VisionConfig(backbone_config=backbone, fpn_hidden_size=32, scale_factors=[2.0, 1.0]),
+            text_config=dict(projection_dim=32, num_hidden_layers=1, max_position_embeddings=32, **small),
+            geometry_encoder_config=Sam3GeometryEncoderConfig(num_layers=1, **small),
+            detr_encoder_config=Sam3DETREncoderConfig(num_layers=1, **small),
+            detr_decoder_config=Sam3DETRDecoderConfig(num_layers=1, num_queries=5, **small),
+            mask_decoder_config=Sam3MaskDecoderConfig(hidden_size=32, num_upsampling_stages=2))
     # enough of a CLIP vocabulary for the prompt: letters, and the special tokens at CLIP's ids
     letters = [c + suffix for suffix in ("", "</w>") for c in string.ascii_lowercase]
     vocab = {**{token: i for i, token in enumerate(letters)}, "<|startoftext|>": 49406, "<|endoftext|>": 49407}
@@ -68,14 +73,16 @@ def write_sam3(path: Path, tiny: bool) -> dict:
     return {"model": str(path)}
 
 
-def write_sam(path: Path, tiny: bool, model_type: str = "vit_b") -> dict:
+def write_sam(path: Path, tiny: bool, model_type: str = "vit_b", device: str = "cpu") -> dict:
     import torch
     from segment_anything.build_sam import _build_sam
 
     from synth.stages.models.sam import ARCHITECTURES
 
     arch = (32, 2, 2, (1,)) if tiny else ARCHITECTURES[model_type]
-    torch.save(_build_sam(*arch).state_dict(), path / f"sam_{model_type}_random.pth")
+    with torch.device(device):  # initialised where it runs: vit_h takes a while on the CPU
+        state = _build_sam(*arch).state_dict()
+    torch.save(state, path / f"sam_{model_type}_random.pth")  # the stage loads it with map_location="cpu"
     return {"checkpoint": str(path / f"sam_{model_type}_random.pth"), "model_type": "auto"}
 
 
@@ -141,16 +148,20 @@ WRITERS = {"sam3": write_sam3, "sam": write_sam, "blip": write_blip, "vlm": writ
 
 
 @contextlib.contextmanager
-def random_weights() -> Iterator[None]:
-    """``from_pretrained`` builds the model from the directory's config.json with random weights."""
+def random_weights(device: str = "cpu") -> Iterator[None]:
+    """``from_pretrained`` builds the model from the directory's config.json with random weights,
+    created and initialised directly on ``device`` in the stage's dtype (initialising the 3B VLM
+    in float32 on the CPU, then copying it, took minutes; on the GPU it takes seconds)."""
+    import torch
     from transformers import AutoConfig, PreTrainedModel
     from transformers.models.auto.auto_factory import _BaseAutoModelClass
 
     def from_config(cls, path, *args, dtype=None, **kwargs):
         config = AutoConfig.from_pretrained(path)
-        if issubclass(cls, _BaseAutoModelClass):
-            return cls.from_config(config, dtype=dtype)
-        return cls._from_config(config, dtype=dtype)
+        with torch.device(device):
+            if issubclass(cls, _BaseAutoModelClass):
+                return cls.from_config(config, dtype=dtype)
+            return cls._from_config(config, dtype=dtype)
 
     saved = PreTrainedModel.__dict__["from_pretrained"], _BaseAutoModelClass.__dict__["from_pretrained"]
     PreTrainedModel.from_pretrained = classmethod(from_config)
@@ -161,7 +172,10 @@ def random_weights() -> Iterator[None]:
         PreTrainedModel.from_pretrained, _BaseAutoModelClass.from_pretrained = saved
 
 
-def build_stage(name: str, workdir: Path, device: str, dtype: str, tiny: bool, sam_model_type: str = "vit_b") -> Any:
+def build_stage(name: str, workdir: Path, device: str, dtype: str, tiny: bool, sam_model_type: str = "vit_b",
+                extra: dict | None = None) -> Any:
+    """The stage ``name`` with random full-size (or tiny) weights, set up on ``device``; ``extra``:
+    more stage options (e.g. a threshold). Its files are in ``workdir / name``."""
     from synth.stages.models.blip import Blip
     from synth.stages.models.sam import Sam
     from synth.stages.models.sam3 import Sam3
@@ -169,9 +183,10 @@ def build_stage(name: str, workdir: Path, device: str, dtype: str, tiny: bool, s
 
     path = workdir / name
     path.mkdir(parents=True, exist_ok=True)
-    options = write_sam(path, tiny, sam_model_type) if name == "sam" else WRITERS[name](path, tiny)
-    stage = {"sam3": Sam3, "sam": Sam, "blip": Blip, "vlm": Vlm}[name](device=device, dtype=dtype, **options)
-    with random_weights():
+    options = write_sam(path, tiny, sam_model_type, device) if name == "sam" else WRITERS[name](path, tiny)
+    stage = {"sam3": Sam3, "sam": Sam, "blip": Blip, "vlm": Vlm}[name](device=device, dtype=dtype, **options,
+                                                                       **(extra or {}))
+    with random_weights(device):
         stage.setup(device)
     if "max_new_tokens" in options:  # random weights stop at random: always generate the full length
         for model in (stage.model, getattr(stage.model, "text_decoder", None)):
