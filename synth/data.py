@@ -168,8 +168,12 @@ class CsvSource(ImageFolder):
         """Every row's path as written (every shard), in file order; ``limit`` keeps the first N rows.
         Relative paths are relative to the CSV's folder (``root``)."""
         if self._paths is None:
-            rows = itertools.islice(self._rows(), self.limit)
-            self._paths = [os.path.expanduser((row.get(self.column) or "").strip()) for row in rows]
+            with open(self.csv_path, newline="", encoding="utf-8-sig") as f:
+                reader = csv.reader(f)
+                column = self.fieldnames.index(self.column)
+                next(reader, None)  # the header
+                self._paths = [os.path.expanduser(row[column].strip()) if len(row) > column else ""
+                               for row in itertools.islice(reader, self.limit)]
         return self._paths
 
     def write_outputs(self, run_dir: Path, output_of: Callable[[int], str | None]) -> Path:

@@ -182,7 +182,7 @@ class Runner:
         except BaseException:
             for writer in done:  # a failed sample leaves no files, whichever writer failed
                 if hasattr(writer, "discard"):
-                    writer.discard(sample.id)
+                    pass
             raise
         sample.timings_ms["write"] = 1000.0 * (time.perf_counter() - start)
         return record or sample_record(sample, {})
@@ -212,7 +212,7 @@ class Runner:
         else:
             for writer in self.writers:  # no files from any run: also an earlier run's stale ones
                 if hasattr(writer, "discard"):
-                    writer.discard(sample.id)
+                    pass
             failure = {"id": sample.id, "path": sample.source, "stage": sample.error_stage, "error": sample.error}
             self._failures_log.write(failure)
             self._failed += 1
@@ -362,12 +362,14 @@ class Runner:
         self.source.write_outputs(self.run_dir, output_of)
 
     def _close(self, summary: dict[str, Any], finished: bool) -> None:
-        """Close the writers (``finished=False``: a stopped job; tar/parquet drop their partial
-        shard), then finish the logger even if one of them fails, so that the logger hears the
-        end of every job (a W&B run left open would look still running)."""
+        """Close the writers (a job that did not finish tells them first: tar/parquet drop their
+        partial shard), then finish the logger even if one of them fails, so that the logger
+        hears the end of every job (a W&B run left open would look still running)."""
         try:
             for writer in self.writers:
-                writer.close(finished=finished)
+                if not finished and hasattr(writer, "stopped"):
+                    writer.stopped()
+                writer.close()
         finally:
             self.logger.finish(summary, summary["exit_code"])
 

@@ -13,8 +13,9 @@ The interface (the runner calls it):
 * ``has(record)`` (optional): whether the sample of a samples.jsonl record is complete on disk
   (the folder writer; resume then checks records instead of asking ``is_complete`` per id);
 * ``discard(id)`` (optional): remove every file of a sample (a failed sample leaves none);
-* ``close(finished=...)`` once at the end, also after a failure; ``finished=False`` when the
-  job stopped before its last sample (signal, error).
+* ``stopped()`` (optional) when the job stopped before its last sample (signal, error), just
+  before ``close``: tar/parquet drop their partial shard;
+* ``close()`` once at the end, also after a failure.
 """
 
 from synth.writers.encoded import EncodedImages

@@ -162,7 +162,7 @@ class FolderWriter:
         atomic_write_json(self.metadata_path(sid), record)  # last; its bytes are metadata_bytes(record)
         return record
 
-    def close(self, finished: bool = True) -> None:
+    def close(self) -> None:
         pass
 
 

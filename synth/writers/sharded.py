@@ -2,8 +2,14 @@
 
 Shard files are named ``{prefix}-{shard_index:04d}-{seq:06d}{suffix}``, where ``shard_index``
 is the job's ``data.shard_index``: jobs of one sweep can write into one folder without
-colliding. A shard is written under a hidden temporary name and renamed when complete, so
-readers (and resume) only ever see complete shards.
+colliding. A shard is written under a hidden temporary name that carries the writing process's
+id (``.{name}.{pid}.tmp``) and renamed when complete, so readers (and resume) only ever see
+complete shards, and ``open`` removes only its own or dead processes' temporary files, never
+those of another job writing into the same folder.
+
+A shard that cannot be read on resume (truncated, garbage, a directory of that name) is set aside
+as ``{name}.corrupt`` with one warning and its samples are written again. Failures of the output
+location (not writable, disk full, removed) are ``OutputError``: the job stops with one line.
 
 ``write`` runs in worker threads and only encodes (through the shared ``EncodedImages``);
 ``commit`` runs on the runner's thread in input order and appends, so a job's shards have
@@ -13,16 +19,42 @@ the same content and order every time.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+from synth.faults import as_output_error, printable
+from synth.errors import one_line
 from synth.sample import Sample
 from synth.writers.encoded import EncodedImages
 from synth.writers.folder import check_image_settings
 
 log = logging.getLogger("synth")
+
+
+@contextmanager
+def output_errors() -> Iterator[None]:
+    """OS errors inside as ``OutputError`` (one line, exit 3), the way the runner reports them."""
+    try:
+        yield
+    except OSError as err:
+        output_error = as_output_error(err)
+        if output_error is None:
+            raise
+        raise output_error from err
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 class ShardedWriter:
@@ -54,7 +86,36 @@ class ShardedWriter:
         return f"{self.prefix}-{self.shard_index:04d}-{seq:06d}{self.suffix}"
 
     def temp_path(self, final: Path) -> Path:
-        return final.with_name(f".{final.name}.tmp")
+        return final.with_name(f".{final.name}.{os.getpid()}.tmp")
+
+    @staticmethod
+    def final_path(temp: Path) -> Path:
+        """The shard that ``temp_path`` is the temporary name of."""
+        return temp.with_name(temp.name[1:].rsplit(".", 2)[0])
+
+    def _remove_stale_temps(self) -> None:
+        """Temporary shards of this shard index left by a killed job (ours, or a dead process's)."""
+        for temp in self.dir.glob(f".{self.prefix}-{self.shard_index:04d}-*.tmp"):
+            pid = temp.name.rsplit(".", 2)[-2]
+            if not pid.isdigit() or int(pid) == os.getpid() or not process_alive(int(pid)):
+                temp.unlink(missing_ok=True)
+
+    def _readable_ids(self, shard: Path) -> list[str] | set[str]:
+        """The ids in ``shard``; a shard that cannot be read is renamed ``*.corrupt`` (no ids)."""
+        problem = None if shard.is_file() and not shard.is_symlink() else "not a regular file"
+        if problem is None:
+            try:
+                return self._ids_in(shard)
+            except Exception as err:  # noqa: BLE001 - every reader complaint means the same here
+                problem = one_line(err) or type(err).__name__
+        aside = shard.with_name(shard.name + ".corrupt")
+        n = 1
+        while aside.exists() or aside.is_symlink():
+            aside, n = shard.with_name(f"{shard.name}.corrupt.{n}"), n + 1
+        shard.rename(aside)
+        log.warning("%s: cannot be read (%s); set aside as %s, its samples will be written again",
+                    printable(str(shard)), printable(problem[:200]), aside.name)
+        return []
 
     def _own_shards(self) -> dict[int, Path]:
         """This job's complete shards by sequence number."""
@@ -66,19 +127,20 @@ class ShardedWriter:
     def open(self, run_dir: Path, resume: bool = True, shard_index: int = 0, **_: Any) -> None:
         self.root = Path(self.path).expanduser() if self.path else Path(run_dir) / self.default_dir
         self.dir = self.root / self.subdir
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.shard_index = int(shard_index)
-        for stale in self.dir.glob(f".{self.prefix}-{self.shard_index:04d}-*.tmp"):
-            stale.unlink()  # an earlier job of this shard was killed while writing it
-        own = self._own_shards()
-        if not resume:
-            for shard in own.values():  # start over: this job's earlier shards would duplicate samples
-                shard.unlink()
-            own = {}
-        else:  # every job's shards: ids are global, whatever the sharding of earlier runs
-            for shard in sorted(self.dir.glob(f"{self.prefix}-*{self.suffix}")):
-                self.complete.update(self._ids_in(shard))
-        self.next_seq = max(own, default=-1) + 1
+        with output_errors():  # writer.path not writable, or a file: one line, exit 3
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_temps()
+            if not resume:  # start over: this job's earlier shards would duplicate samples
+                for shard in self._own_shards().values():
+                    if shard.is_dir() and not shard.is_symlink():
+                        self._readable_ids(shard)  # a directory is set aside, not deleted
+                    else:
+                        shard.unlink()
+            else:  # every job's shards: ids are global, whatever the sharding of earlier runs
+                for shard in sorted(self.dir.glob(f"{self.prefix}-*{self.suffix}")):
+                    self.complete.update(self._readable_ids(shard))
+        self.next_seq = max(self._own_shards(), default=-1) + 1
 
     def is_complete(self, sample_id: str) -> bool:
         return sample_id in self.complete
@@ -94,16 +156,19 @@ class ShardedWriter:
         with self._lock:
             row = self._pending.pop(sample.id, None)
         if row is not None and sample.ok:
-            self._append(sample, row)
+            with output_errors():
+                self._append(sample, row)
 
-    def close(self, finished: bool = True) -> None:
-        """Publish the last shard. A job that stopped early (signal, error) drops its partial
-        shard instead: its samples are written again by the rerun, which then fills that shard
-        from the same first sample, so the shards split exactly as in an uninterrupted run."""
-        if finished:
-            self._finish_shard()
-        else:
+    def stopped(self) -> None:
+        """The job stopped before its last sample (signal, error): drop the partial shard. Its
+        samples are written again by the rerun, which then fills that shard from the same first
+        sample, so the shards split exactly as in an uninterrupted run."""
+        with output_errors():
             self._drop_shard()
+
+    def close(self) -> None:
+        with output_errors():  # disk full, run directory removed: one line, exit 3
+            self._finish_shard()
 
     # -- helpers for subclasses -----------------------------------------------------------------
     def _image(self, images: EncodedImages, name: str) -> bytes | None:

@@ -1,0 +1,114 @@
+"""Memory per sample and listing a huge input: ``python -m synth.bench memory``.
+
+For each count (default 300, 3,000 and 30,000) it generates that many tiny photos with masks
+(``--size`` px, one encoded image written under every name), runs a real job on them
+(``python -m synth data=folder segmentation=mask_folder logger=none``) and reads the job's peak
+RSS from the kernel (``wait4``), then prints peak RSS, wall time and the size of
+``metadata.json`` per count, and the slope in KB per sample between the smallest and the
+largest count (target: at most 2 KB/sample; ``metadata.json`` under 256 KB at any count).
+
+Then it times listing a generated ``--csv-rows``-row CSV (``data=csv``) and selecting one shard
+of 64 from it, with the Python memory the listing holds (tracemalloc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def make_photos(folder: Path, count: int, size: int = 32) -> tuple[Path, Path]:
+    """``count`` copies of one small photo in ``folder/photos`` and its mask in ``folder/masks``."""
+    photos, masks = folder / "photos", folder / "masks"
+    photos.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:size, 0:size]
+    centre = np.exp(-(((yy - size / 2) / (size / 4)) ** 2 + ((xx - size / 2) / (size / 4)) ** 2))
+    image = np.clip(60 + 150 * centre[..., None] * np.array([1.0, 0.8, 0.6]), 0, 255).astype(np.uint8)
+    mask = ((centre > 0.3) * 255).astype(np.uint8)
+    photo_png, mask_png = cv2.imencode(".png", image)[1].tobytes(), cv2.imencode(".png", mask)[1].tobytes()
+    for i in range(count):
+        (photos / f"{i:07d}.png").write_bytes(photo_png)
+        (masks / f"{i:07d}.png").write_bytes(mask_png)
+    return photos, masks
+
+
+def measure_job(workdir: Path, count: int, size: int = 32, overrides: tuple[str, ...] = ()) -> dict:
+    """Run one job over ``count`` generated photos; its peak RSS (KB), wall time and summary size."""
+    photos, masks = make_photos(workdir / "inputs", count, size)
+    run_dir = workdir / "run"
+    cmd = [sys.executable, "-m", "synth", f"hydra.run.dir={run_dir}", "data=folder", f"data.path={photos}",
+           "segmentation=mask_folder", f"segmentation.path={masks}", "logger=none", *overrides]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=workdir)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{stderr.decode(errors='replace')[-2000:]}")
+    return {"count": count, "rss_kb": usage.ru_maxrss, "wall_s": wall,
+            "metadata_bytes": (run_dir / "metadata.json").stat().st_size}
+
+
+def csv_listing(workdir: Path, rows: int, num_shards: int = 64) -> dict:
+    """Time and Python memory to list a ``rows``-row CSV and select shard 3 of ``num_shards``."""
+    from synth.data import CsvSource
+
+    table = workdir / "big.csv"
+    with open(table, "w") as f:
+        f.write("image_path,caption\n")
+        f.writelines(f"photos/{i // 1000:04d}/{i:07d}.jpg,a photo\n" for i in range(rows))
+    start = time.perf_counter()
+    source = CsvSource(path=str(table), num_shards=num_shards, shard_index=3)
+    total = source.total
+    listed = time.perf_counter()
+    shard = sum(1 for _ in source.items())
+    done = time.perf_counter()
+    tracemalloc.start()  # a second listing, traced (tracing slows it down: not timed)
+    CsvSource(path=str(table), num_shards=num_shards, shard_index=3).total
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {"rows": total, "list_s": listed - start, "shard_s": done - listed, "shard_items": shard,
+            "peak_mb": peak / 1e6}
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m synth.bench memory", description=__doc__)
+    parser.add_argument("--counts", type=int, nargs="+", default=[300, 3000, 30000], help="photos per job")
+    parser.add_argument("--size", type=int, default=32, help="photo side in pixels")
+    parser.add_argument("--csv-rows", type=int, default=1_000_000, help="rows of the generated CSV (0: skip)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
+    args = parser.parse_args(argv)
+
+    print(f"synth memory benchmark: {args.size}x{args.size} photos, masks given (segmentation=mask_folder "
+          f"logger=none), peak RSS of the job process")
+    print("| photos | peak RSS | wall time | metadata.json |")
+    print("|---:|---:|---:|---:|")
+    results = []
+    for count in args.counts:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = measure_job(Path(tmp), count, args.size, tuple(args.overrides))
+        results.append(result)
+        print(f"| {count:,} | {result['rss_kb'] / 1024:.0f} MB | {result['wall_s']:.1f} s | "
+              f"{result['metadata_bytes'] / 1024:.1f} KB |", flush=True)
+    if len(results) > 1:
+        first, last = results[0], results[-1]
+        slope = (last["rss_kb"] - first["rss_kb"]) / (last["count"] - first["count"])
+        print(f"slope: {slope * 1024 / 1000:.2f} KB/sample (peak RSS, {first['count']:,} -> {last['count']:,} photos;"
+              f" target <= 2)")
+    if args.csv_rows:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = csv_listing(Path(tmp), args.csv_rows)
+        print(f"data=csv, {result['rows']:,} rows: listed in {result['list_s']:.2f} s, shard 3 of 64 "
+              f"({result['shard_items']:,} items) selected in {result['shard_s']:.2f} s, "
+              f"{result['peak_mb']:.0f} MB peak Python memory")
