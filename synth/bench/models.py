@@ -33,7 +33,7 @@ from synth.imaging import open_rgb
 from synth.sample import Sample
 from synth.stages.base import resolve_device
 
-STAGES = ("sam3", "sam", "blip", "vlm")
+STAGES = ("sam3", "sam", "blip", "vlm", "marigold_iid", "marigold_normals")
 QWEN_SPECIALS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|vision_start|>": 151652,
                  "<|vision_end|>": 151653, "<|image_pad|>": 151655, "<|video_pad|>": 151656}
 CHAT_TEMPLATE = (  # Qwen2.5-VL's template, cut down to what the stage sends
@@ -144,7 +144,76 @@ def write_vlm(path: Path, tiny: bool) -> dict:
     return {"model": str(path), "max_new_tokens": 32}
 
 
-WRITERS = {"sam3": write_sam3, "sam": write_sam, "blip": write_blip, "vlm": write_vlm}
+def marigold_pipeline(kind: str, tiny: bool, dtype: Any) -> Any:
+    """A Marigold pipeline of ``kind`` (intrinsics: the lighting model's three targets; normals)
+    with the v1-1 models' architecture, Stable Diffusion 2's: UNet (4 + 4 x targets input
+    channels), VAE and OpenCLIP ViT-H text encoder; 4 steps at 768 px as in their model_index.json.
+    Random weights, built where ``torch.device`` points (the bench builds it on the device)."""
+    from diffusers import (AutoencoderKL, DDIMScheduler, MarigoldIntrinsicsPipeline, MarigoldNormalsPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    targets = 3 if kind == "intrinsics" else 1
+    unet = dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_head_dim=(5, 10, 20, 20),
+                cross_attention_dim=1024, use_linear_projection=True, sample_size=96,
+                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+    vae = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=768,
+               down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    text = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                projection_dim=512, hidden_act="gelu", vocab_size=49408, bos_token_id=49406, eos_token_id=49407)
+    if tiny:
+        unet.update(block_out_channels=(8, 16), layers_per_block=1, attention_head_dim=2, cross_attention_dim=8,
+                    norm_num_groups=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+        vae.update(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4)
+        text.update(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2)
+    letters = [c + suffix for suffix in ("", "</w>") for c in string.ascii_lowercase]  # the prompt is empty
+    vocab = {**{token: i for i, token in enumerate(letters)}, "<|startoftext|>": 49406, "<|endoftext|>": 49407}
+    parts = dict(
+        unet=UNet2DConditionModel(in_channels=4 * (1 + targets), out_channels=4 * targets, **unet).to(dtype),
+        vae=AutoencoderKL(latent_channels=4, **vae).to(dtype),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**text)).to(dtype),
+        tokenizer=CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77),
+        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                                prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1,
+                                timestep_spacing="trailing"),
+        default_denoising_steps=4, default_processing_resolution=768)
+    if kind == "intrinsics":
+        linear = {"prediction_space": "linear"}
+        props = {"target_names": ["albedo", "shading", "residual"], "albedo": {**linear, "up_to_scale": False},
+                 "shading": {**linear, "up_to_scale": True}, "residual": {**linear, "up_to_scale": True}}
+        return MarigoldIntrinsicsPipeline(prediction_type="intrinsics", target_properties=props, **parts)
+    return MarigoldNormalsPipeline(prediction_type="normals", use_full_z_range=True, **parts)
+
+
+@contextlib.contextmanager
+def random_marigold(tiny: bool, device: str) -> Iterator[None]:
+    """The Marigold pipelines' ``from_pretrained`` builds :func:`marigold_pipeline` on ``device``."""
+    import torch
+    from diffusers import MarigoldIntrinsicsPipeline, MarigoldNormalsPipeline
+
+    def build(kind: str) -> Any:
+        def from_pretrained(cls, path, *args, dtype=None, **kwargs):
+            with torch.device(device):
+                return marigold_pipeline(kind, tiny, dtype or torch.float32)
+        return classmethod(from_pretrained)
+
+    MarigoldIntrinsicsPipeline.from_pretrained = build("intrinsics")
+    MarigoldNormalsPipeline.from_pretrained = build("normals")
+    try:
+        yield
+    finally:
+        del MarigoldIntrinsicsPipeline.from_pretrained, MarigoldNormalsPipeline.from_pretrained  # the inherited one
+
+
+def write_marigold(path: Path, tiny: bool) -> dict:
+    (path / "model_index.json").write_text("{}")  # what the stage checks; random_marigold builds the rest
+    return {"model": str(path)}
+
+
+WRITERS = {"sam3": write_sam3, "sam": write_sam, "blip": write_blip, "vlm": write_vlm,
+           "marigold_iid": write_marigold, "marigold_normals": write_marigold}
 
 
 @contextlib.contextmanager
@@ -184,6 +253,8 @@ def build_stage(name: str, workdir: Path, device: str, dtype: str, tiny: bool, s
     path = workdir / name
     path.mkdir(parents=True, exist_ok=True)
     options = write_sam(path, tiny, sam_model_type, device) if name == "sam" else WRITERS[name](path, tiny)
+    if name.startswith("marigold"):
+        return build_marigold(name, options["model"], device, dtype, tiny)
     stage = {"sam3": Sam3, "sam": Sam, "blip": Blip, "vlm": Vlm}[name](device=device, dtype=dtype, **options,
                                                                        **(extra or {}))
     with random_weights(device):
@@ -192,6 +263,25 @@ def build_stage(name: str, workdir: Path, device: str, dtype: str, tiny: bool, s
         for model in (stage.model, getattr(stage.model, "text_decoder", None)):
             if model is not None:
                 model.generation_config.min_new_tokens = options["max_new_tokens"]
+    return stage
+
+
+def build_marigold(name: str, model: str, device: str, dtype: str, tiny: bool) -> Any:
+    """albedo=marigold, or shadow=soft_shading with normals=marigold (the whole stage 3, relighting
+    included; base=foreground, every draw kept), loaded through their own setup."""
+    from synth.stages.models.marigold import Marigold
+    from synth.stages.shadow import SoftShading
+
+    with random_marigold(tiny, device):
+        if name == "marigold_iid":
+            stage = Marigold(model=model, device=device, dtype=dtype)
+            stage.setup(device)
+            return stage
+        if dtype != "auto":
+            raise SystemExit("error: --dtype: marigold_normals runs at its stage's own (auto) dtype")
+        stage = SoftShading(base="foreground", normals="marigold", normals_model=model, min_visibility=0)
+        stage.setup(device)
+    stage.device = device  # what measure() reads
     return stage
 
 
@@ -211,6 +301,7 @@ def fresh_batch(images: list[np.ndarray], n: int) -> list[Sample]:
     batch = []
     for i in range(n):
         sample = Sample(index=i, id=f"{i:06d}", source=f"bench/{i}", seed=0, image=images[i % len(images)])
+        sample.mask = np.ones(sample.image.shape[:2], np.float32)  # marigold runs on the subject: the photo
         sample.degradation_type = "hard_shadow"
         sample.params["shadow"] = {"pattern": "venetian_blind", "blur": 71, "opacity": 0.35}
         batch.append(sample)
