@@ -56,8 +56,10 @@ class GrabCut(Stage):
     """OpenCV GrabCut initialised with a centred rectangle: a classical, weight-free cut-out
     that works for the usual centred subject (portraits, product shots).
 
-    Runs on a copy whose long side is ``work_size`` px, then upsamples the mask and softens its
-    edge with a Gaussian of ``feather`` (fraction of the long side) so composites blend.
+    Runs on a copy whose long side is ``work_size`` px, then resizes the mask to the image and
+    softens its edge with a Gaussian of ``feather`` (fraction of the long side) so composites
+    blend. Smaller images are enlarged to ``work_size`` too: at a hundred pixels GrabCut's graph
+    cut often labels everything background (an empty mask, which fails the sample).
     """
 
     name = "segmentation"
@@ -72,7 +74,7 @@ class GrabCut(Stage):
 
     def process_sample(self, sample: Sample) -> None:
         h, w = sample.image.shape[:2]
-        scale = min(1.0, self.work_size / max(h, w))
+        scale = self.work_size / max(h, w)
         sh, sw = max(8, round(h * scale)), max(8, round(w * scale))
         small = resize(sample.image, (sh, sw))
         bgr = np.ascontiguousarray(small[:, :, ::-1])

@@ -5,18 +5,23 @@ Columns (the first three are the defaults of diffusers' InstructPix2Pix training
 then ``mask``, ``parameters`` (every drawn value, as JSON), ``degradation_type``, ``image_id``,
 ``index``, ``source`` and ``seed``. Shards are ``data/train-{data.shard_index:04d}-{seq:06d}.parquet``
 (the ``train`` split) and appear only when complete.
+
+Each row is converted to Arrow as its sample is written (in a worker thread), so a row that
+Arrow cannot store fails its own sample there, with the reason, and never the shard it would
+have gone into. Non-UTF-8 file names are stored as escaped text.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from synth.errors import SampleError, one_line
+from synth.faults import printable
 from synth.files import to_json
 from synth.params import setting
 from synth.sample import Sample
@@ -53,17 +58,18 @@ class HFDatasetWriter(ShardedWriter):
         super().__init__(path, format, png_compress_level, quality, png_encoder)
         self.rows_per_shard = setting("writer.rows_per_shard", rows_per_shard, 1, integer=True)
         self.max_shard_bytes = setting("writer.max_shard_mb", max_shard_mb, 0.001) * 1e6
-        self._buffer: list[dict[str, Any]] = []
+        self._buffer: list[pa.Table] = []  # one-row tables of the row group being filled
         self._parquet: pq.ParquetWriter | None = None
         self._paths: tuple[Path, Path] | None = None
         self._rows = self._bytes = 0
 
-    def _row(self, sample: Sample, images: EncodedImages) -> dict[str, Any]:
+    def _row(self, sample: Sample, images: EncodedImages) -> tuple[pa.Table, int]:
+        """(the sample's row as a one-row table, its image bytes)."""
         def image(name: str) -> dict | None:
             data = self._image(images, name)
             return None if data is None else {"bytes": data, "path": None}
 
-        return {
+        row = {
             "input_image": image("composite_image"),
             "edit_prompt": sample.caption,
             "edited_image": image("original"),
@@ -72,14 +78,20 @@ class HFDatasetWriter(ShardedWriter):
             "degradation_type": sample.degradation_type,
             "image_id": sample.id,
             "index": sample.index,
-            "source": sample.source,
+            "source": printable(sample.source),  # a file name need not be UTF-8; Arrow strings must
             "seed": sample.seed,
         }
+        try:
+            table = pa.Table.from_pylist([row], schema=SCHEMA)
+        except Exception as err:  # noqa: BLE001 - ArrowInvalid, OverflowError, UnicodeEncodeError ...
+            raise SampleError(f"hf: this sample's row cannot be stored in parquet: {one_line(err)[:300]}") from None
+        return table, sum(len(v["bytes"]) for v in row.values() if isinstance(v, dict))
 
-    def _append(self, sample: Sample, row: dict[str, Any]) -> None:
-        self._buffer.append(row)
+    def _append(self, sample: Sample, row: tuple[pa.Table, int]) -> None:
+        table, image_bytes = row
+        self._buffer.append(table)
         self._rows += 1
-        self._bytes += sum(len(v["bytes"]) for v in row.values() if isinstance(v, dict))
+        self._bytes += image_bytes
         if len(self._buffer) >= ROW_GROUP:
             self._flush()
         if self._rows >= self.rows_per_shard or self._bytes >= self.max_shard_bytes:
@@ -91,7 +103,7 @@ class HFDatasetWriter(ShardedWriter):
         if self._parquet is None:
             self._paths = self._new_shard_paths()
             self._parquet = pq.ParquetWriter(self._paths[0], SCHEMA)
-        self._parquet.write_table(pa.Table.from_pylist(self._buffer, schema=SCHEMA))
+        self._parquet.write_table(pa.concat_tables(self._buffer))
         self._buffer.clear()
 
     def _finish_shard(self) -> None:
@@ -111,4 +123,4 @@ class HFDatasetWriter(ShardedWriter):
         self._parquet, self._paths, self._rows, self._bytes = None, None, 0, 0
 
     def _ids_in(self, shard: Path) -> list[str]:
-        return pq.read_table(shard, columns=["image_id"]).column("image_id").to_pylist()
+        return pq.ParquetFile(shard).read(columns=["image_id"]).column("image_id").to_pylist()

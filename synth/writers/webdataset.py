@@ -60,7 +60,8 @@ class WebDatasetWriter(ShardedWriter):
 
     def _append(self, sample: Sample, row: dict) -> None:
         if self._sink is None:  # opened on the first sample, so a job with nothing to do writes no shard
-            pattern = str(self.dir).replace("%", "%%") + f"/.{self.prefix}-{self.shard_index:04d}-%06d{self.suffix}.tmp"
+            temp = self.temp_path(self.dir / f"{self.prefix}-{self.shard_index:04d}-%06d{self.suffix}")
+            pattern = str(self.dir).replace("%", "%%") + "/" + temp.name  # ShardWriter fills in the number
             self._sink = wds.ShardWriter(pattern, maxcount=self.maxcount, maxsize=self.maxsize,
                                          start_shard=self.next_seq, post=self._publish, verbose=0,
                                          encoder=False, mtime=0)  # fixed mtime: same job, same bytes
@@ -71,9 +72,8 @@ class WebDatasetWriter(ShardedWriter):
 
     def _publish(self, temp: str) -> None:
         """ShardWriter closed a shard: give it its final name (it becomes visible now)."""
-        temp_path = Path(temp)
-        final = temp_path.with_name(temp_path.name[1:-len(".tmp")])
-        temp_path.replace(final)
+        final = self.final_path(Path(temp))
+        Path(temp).replace(final)
         log.debug("webdataset: wrote %s", final)
 
     def _finish_shard(self) -> None:
@@ -92,5 +92,11 @@ class WebDatasetWriter(ShardedWriter):
             self._sink = None
 
     def _ids_in(self, shard: Path) -> set[str]:
+        size = shard.stat().st_size
         with tarfile.open(shard) as tar:
-            return {name.split(".", 1)[0] for name in tar.getnames()}
+            members = tar.getmembers()
+        # tarfile lists a member whose data was cut off (it stops at the missing header): check
+        end = max((m.offset_data + m.size for m in members), default=0)
+        if not members or end > size:
+            raise tarfile.ReadError(f"truncated: {size} bytes, its members need {end}" if members else "no members")
+        return {m.name.split(".", 1)[0] for m in members}
