@@ -97,17 +97,14 @@ class FolderWriter:
         recorded size. One stat per file, no image read; safe to call from worker threads."""
         files = record.get("files")
         sample_id = record.get("image_id")
-        if not isinstance(files, dict) or not isinstance(sample_id, str):
+        if not isinstance(files, list) or not isinstance(sample_id, str):
             return False
-        expected = dict(files)
-        expected[self.metadata_path(sample_id).relative_to(self.root).as_posix()] = len(metadata_bytes(record))
-        for rel, size in expected.items():
-            try:
-                if os.stat(self.root / rel).st_size != size:
-                    return False
-            except (OSError, ValueError):
-                return False
-        return True
+        try:
+            expected = [(f["path"], f["bytes"]) for f in files]
+            expected.append((self.metadata_path(sample_id).relative_to(self.root).as_posix(), len(metadata_bytes(record))))
+            return all(os.stat(self.root / rel).st_size == size for rel, size in expected)
+        except (OSError, ValueError, TypeError, KeyError):
+            return False
 
     def output_path(self, sample_id: str, suffix: str) -> Path:
         """The composite's link ``outputs/{id}_output{suffix}``; ``suffix`` is the one in the sample's
@@ -157,7 +154,9 @@ class FolderWriter:
             sizes[params.relative_to(self.root).as_posix()] = params.stat().st_size
 
         record = sample_record(sample, files)
-        record["files"] = sizes  # every file but this one, with its size: what makes the sample complete
+        # Every file but this one, with its size: what makes the sample complete. A list of
+        # {path, bytes}, not a dict keyed by path, so that tables (pandas, datasets) get 2 columns.
+        record["files"] = [{"path": path, "bytes": size} for path, size in sizes.items()]
         record = json.loads(metadata_bytes(record))  # as stored: what samples.jsonl and has() compare
         atomic_write_json(self.metadata_path(sid), record)  # last; its bytes are metadata_bytes(record)
         return record
