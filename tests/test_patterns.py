@@ -85,7 +85,7 @@ CATALOGUE = {
                      lambda p: 2 <= p["cols"] <= 4 and 2 <= p["rows"] <= 3 and -0.3 <= p["skew"] <= 0.3),
     "branch": ("5-9 branches, 2-5 twigs each",
                lambda p: 5 <= p["branches"] <= 9 and 2 * p["branches"] <= p["twigs"] <= 5 * p["branches"]),
-    "curtain": ("6-12 folds, density 0.55-0.9", lambda p: 6 <= p["folds"] <= 12 and 0.55 <= p["density"] <= 0.9),
+    "curtain": ("6-12 folds, density 0.65-0.9", lambda p: 6 <= p["folds"] <= 12 and 0.65 <= p["density"] <= 0.9),
     "fence": ("6-14 pickets", lambda p: 6 <= p["pickets"] <= 14 and p["rail"] > 0),
     "voronoi": ("60-120 cells", lambda p: 60 <= p["cells"] <= 120),
     "lattice": ("grid, diagonal or cross; 5-12 cells",

@@ -31,7 +31,7 @@ COVERAGE: dict[str, tuple[float, float]] = {
     "venetian_blind": (0.3, 0.7),
     "window_frame": (0.15, 0.9),
     "branch": (0.05, 0.35),
-    "curtain": (0.25, 0.85),
+    "curtain": (0.4, 0.8),
     "fence": (0.15, 0.8),
     "voronoi": (0.15, 0.8),
     "lattice": (0.2, 0.9),
@@ -329,7 +329,7 @@ def branch(rng, frame):
 def curtain(rng, frame):
     """A sheer curtain with 6-12 irregular folds: partial shadow, lighter along the fold valleys."""
     folds = int(rng.integers(6, 13))
-    density = float(rng.uniform(0.55, 0.9))  # light blocked where the fabric is flat
+    density = float(rng.uniform(0.65, 0.9))  # light blocked where the fabric is flat
     contrast = float(rng.uniform(0.4, 0.9))  # how much lighter the valleys are
     sway = float(rng.uniform(-0.4, 0.4))  # folds curve along their length
     small = frame.small()  # smooth pattern: computed small, upsampled
