@@ -141,7 +141,7 @@ def test_settings_reach_the_pipeline(tiny_iid):
 def test_decomposition_reproduces_the_subject_and_reaches_stage_3(tiny_iid):
     """Code path, not quality: albedo x shading + residual is the photo (before relighting), and
     soft_shading relights with the decomposition: albedo x S' + residual, S' the new shading
-    scaled to the old one's mean (here ambient=1: a uniform new light)."""
+    scaled to the old one's mean luminance (here ambient=1: a uniform new light)."""
     batch = masked_photos()
     albedo_stage(tiny_iid).process(batch)
     shadow = built_stage("shadow", "shadow=soft_shading", "shadow.ambient=1", "shadow.specular_chance=0",
@@ -155,7 +155,8 @@ def test_decomposition_reproduces_the_subject_and_reaches_stage_3(tiny_iid):
         assert np.abs(rebuilt - photo)[subject].max() < 1e-4
         params = sample.params["shadow"]
         assert params["decomposition"] is True and params["base"] == "foreground"
-        level = (sample.shading * sample.mask[..., None]).sum((0, 1)) / sample.mask.sum()
+        luminance = sample.shading @ np.float32([0.2126, 0.7152, 0.0722])
+        level = (luminance * sample.mask).sum() / sample.mask.sum()
         expected = linear_to_srgb(srgb_to_linear(sample.albedo) * level + sample.residual)
         assert np.abs(sample.degraded.astype(int) - expected)[subject].max() <= 1
         # a uniform light is not the photo's own: the relit subject differs from the photo

@@ -123,10 +123,12 @@ def replace_shading(albedo: np.ndarray, old: np.ndarray, residual: np.ndarray, n
     """Relight a decomposed subject: albedo x S' + residual, all HxWx3 linear RGB but ``new`` (HxW).
 
     S' is the new shading map (1 where the surface faces the new light, as from
-    :func:`lambert_phong`) times the old shading's mean over ``weight`` (the mask), per channel:
-    the photo's light keeps its strength and colour and changes its direction. The residual (the
-    photo's non-diffuse light) is kept as it is.
+    :func:`lambert_phong`) times the old shading's mean luminance over ``weight`` (the mask): the
+    new light has the photo's strength. It is white, like the light without a decomposition: a
+    per-channel level would carry any colour cast of the estimated shading over the whole
+    subject. The residual (the photo's non-diffuse light) is kept as it is.
     """
-    w = weight[..., None].astype(np.float32)
-    level = (old * w).sum(axis=(0, 1)) / max(float(w.sum()), 1e-6)
-    return albedo * (new[..., None] * level.astype(np.float32)) + residual
+    w = weight.astype(np.float32)
+    luminance = old @ np.float32([0.2126, 0.7152, 0.0722])  # Rec. 709, linear light
+    level = np.float32((luminance * w).sum() / max(float(w.sum()), 1e-6))
+    return albedo * (new * level)[..., None] + residual
