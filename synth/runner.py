@@ -1,12 +1,11 @@
-"""Streams samples through the stages, with decoding and writing in threads beside them."""
+"""One job: source -> stages -> writers, streamed through the pipeline of synth.schedule."""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -18,10 +17,11 @@ from synth.faults import (EXIT_CONFIG_ERROR, EXIT_OUTPUT_ERROR, StopSignals, as_
 from synth.files import atomic_write_json
 from synth.loggers import NullLogger
 from synth.progress import Progress
+from synth.schedule import Pipeline, worker_count
 from synth.rundir import (JsonlLog, RunLock, TimingStats, check_manifest, read_jsonl, repair_torn_tail, rewrite_jsonl,
                           shard_file)
 from synth.sample import Sample
-from synth.stages.base import Stage
+from synth.stages.base import Stage, resolve_device
 from synth.writers.encoded import EncodedImages
 from synth.writers.folder import sample_record
 
@@ -48,17 +48,6 @@ def _write_failed(sample: Sample, err: Exception) -> None:
     sample.fail("write", err)
 
 
-def _batches(samples: Iterable[Sample], size: int) -> Iterable[list[Sample]]:
-    batch: list[Sample] = []
-    for sample in samples:
-        batch.append(sample)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 class Runner:
     """One job: this shard's samples through ``stages``, then to every writer and the logger.
 
@@ -70,10 +59,10 @@ class Runner:
 
     def __init__(self, source: ImageFolder, stages: Sequence[Stage], writers: Sequence[Any],
                  logger: Any = None, run_dir: str | Path = ".", seed: int = 0, batch_size: int = 4,
-                 num_workers: int = 2, device: str = "auto", resume: bool = True,
+                 num_workers: int | str = "auto", device: str = "auto", resume: bool = True,
                  progress_every_s: float = 30.0, max_failure_rate: float = 0.1):
         self.batch_size = setting("batch_size", batch_size, 1, integer=True)
-        self.num_workers = setting("num_workers", num_workers, 1, integer=True)
+        self.num_workers = worker_count(num_workers)
         self.seed = check_seed(seed)
         self.progress_every_s = setting("progress_every_s", progress_every_s, 0.0)
         check_chain(stages)
@@ -114,57 +103,33 @@ class Runner:
                 for index in shard:
                     has[index] = writer.is_complete(self.source.id_of(index))
         checkers = [(has, w) for has, w in zip(self._has, self.writers) if hasattr(w, "has")]
-        dropped = 0
+        dropped: set[int] = set()  # line numbers (of parsable lines) to drop
 
         def check(record: dict[str, Any]) -> bool:
             return all(w.has(record) for _, w in checkers)
 
-        def kept() -> Iterable[dict[str, Any]]:
-            nonlocal dropped
-            with ThreadPoolExecutor(8, thread_name_prefix="resume") as pool:
-                for chunk in _chunks(read_jsonl(self.samples_path), 4096):
-                    for record, ok in zip(chunk, pool.map(check, chunk)):
-                        index = record.get("index")
-                        if not (isinstance(index, int) and 0 <= index < total and index in shard):
-                            yield record  # not this listing's (inputs gone at the end): left alone
-                        elif ok and not self._recorded[index] and record.get("image_id") == self.source.id_of(index):
-                            self._recorded[index] = 1
-                            for has, _ in checkers:
-                                has[index] = 1
-                            yield record
-                        else:
-                            dropped += 1
-
         if not self.samples_path.exists():
             return
         repair_torn_tail(self.samples_path)
-        tmp = self.samples_path.with_name(f".{self.samples_path.name}.{os.getpid()}.check")
-        rewrite_jsonl(tmp, kept())
-        if dropped:
+        with ThreadPoolExecutor(8, thread_name_prefix="resume") as pool:
+            lines = enumerate(read_jsonl(self.samples_path))
+            for chunk in _chunks(lines, 4096):
+                for (number, record), ok in zip(chunk, pool.map(check, (r for _, r in chunk))):
+                    index = record.get("index")
+                    if not (isinstance(index, int) and 0 <= index < total and index in shard):
+                        continue  # not this listing's (inputs gone at the end): left alone
+                    if ok and not self._recorded[index] and record.get("image_id") == self.source.id_of(index):
+                        self._recorded[index] = 1
+                        for has, _ in checkers:
+                            has[index] = 1
+                    else:
+                        dropped.add(number)
+        if dropped:  # rewritten only then: a clean resume reads samples.jsonl once and writes nothing
             log.warning("resume: %d records in %s are incomplete on disk (a file missing or changed) or "
-                        "repeated: those samples are redone", dropped, self.samples_path.name)
-            os.replace(tmp, self.samples_path)
-        else:
-            tmp.unlink()
+                        "repeated: those samples are redone", len(dropped), self.samples_path.name)
+            rewrite_jsonl(self.samples_path, (r for n, r in enumerate(read_jsonl(self.samples_path)) if n not in dropped))
 
     # -- per sample -----------------------------------------------------------------------------
-    def _run_stage(self, stage: Stage, batch: list[Sample]) -> None:
-        live = [s for s in batch if s.ok]
-        if not live:
-            return
-        start = time.perf_counter()
-        try:
-            stage.process(live)
-        except Exception:  # noqa: BLE001 - isolate the bad sample by retrying one at a time
-            for sample in live:
-                try:
-                    stage.process([sample])
-                except Exception as err:  # noqa: BLE001
-                    sample.fail(stage.name, err)
-        per_sample = 1000.0 * (time.perf_counter() - start) / len(live)
-        for sample in live:
-            sample.timings_ms[stage.name] = per_sample
-
     def _write(self, sample: Sample) -> dict[str, Any]:
         """Every writer that lacks the sample, in a worker thread; each image is encoded once
         for all of them. Returns the sample's record (the folder writer's, with its files)."""
@@ -182,7 +147,7 @@ class Runner:
         except BaseException:
             for writer in done:  # a failed sample leaves no files, whichever writer failed
                 if hasattr(writer, "discard"):
-                    pass
+                    writer.discard(sample.id)
             raise
         sample.timings_ms["write"] = 1000.0 * (time.perf_counter() - start)
         return record or sample_record(sample, {})
@@ -212,7 +177,7 @@ class Runner:
         else:
             for writer in self.writers:  # no files from any run: also an earlier run's stale ones
                 if hasattr(writer, "discard"):
-                    pass
+                    writer.discard(sample.id)
             failure = {"id": sample.id, "path": sample.source, "stage": sample.error_stage, "error": sample.error}
             self._failures_log.write(failure)
             self._failed += 1
@@ -255,55 +220,30 @@ class Runner:
         finished = False
         try:
             self.logger.start(config or {}, str(self.run_dir))  # in here: a failed start still ends the job cleanly
+            device = self.device
+            if any(stage.batched_on_device for stage in self.stages):  # (resolving imports torch)
+                device = resolve_device(device, getattr(self.source, "shard_index", 0))  # shard k: GPU k mod n
             for stage in self.stages:
-                stage.setup(self.device)
+                stage.setup(device)
             processing = time.perf_counter()  # throughput excludes model loading and logger start-up
-            with ThreadPoolExecutor(self.num_workers, thread_name_prefix="decode") as decoders, \
-                    ThreadPoolExecutor(self.num_workers, thread_name_prefix="write") as encoders, \
-                    Progress(todo_count, self.progress_every_s) as progress:
-                pending: deque[tuple[Sample, Future | None]] = deque()
-
-                def collect(keep: int) -> None:
-                    """Finish samples in order: all that are done, and more until ``keep`` remain."""
-                    while pending and (len(pending) > keep or pending[0][1] is None or pending[0][1].done()):
-                        sample, future = pending.popleft()
-                        record = None
-                        if future is not None:
-                            try:
-                                record = future.result()
-                            except Exception as err:  # noqa: BLE001
-                                _write_failed(sample, err)
-                        self._commit(sample, record, self._done + self._failed + 1)
-                        progress.update(sample.ok)
-
-                prefetch = max(2 * self.batch_size, 2 * self.num_workers)
-
-                def decoded() -> Iterable[Sample]:
-                    window: deque[Future] = deque()
-                    for index in shard:
-                        if self._complete(index):
-                            continue
-                        if stop.requested:
-                            break
-                        window.append(decoders.submit(self.source.load, self.source.item(index), self.seed))
-                        if len(window) >= prefetch:
-                            yield window.popleft().result()
-                    while window and not stop.requested:
-                        yield window.popleft().result()
-                    for future in window:  # stopping: decoded but not started samples are dropped
-                        future.cancel()
-
-                for batch in _batches(decoded(), self.batch_size):
-                    for stage in self.stages:
-                        self._run_stage(stage, batch)
-                    for sample in batch:
-                        pending.append((sample, encoders.submit(self._write, sample) if sample.ok else None))
-                    collect(keep=prefetch)
-                    done = self._done + self._failed
-                    elapsed = time.perf_counter() - processing
-                    self.logger.log_metrics({"images_per_s": done / max(elapsed, 1e-9),
-                                             "done": self._done, "failed": self._failed}, step=done)
-                collect(keep=0)
+            todo = (self.source.item(index) for index in shard if not self._complete(index))
+            pipeline = Pipeline(self.stages, lambda item: self.source.load(item, self.seed), self._write,
+                                self.batch_size, self.num_workers, stop)
+            with Progress(todo_count, self.progress_every_s) as progress:
+                for sample, written in pipeline.run(todo):  # finished samples, in input order
+                    record = None
+                    if written is not None:
+                        try:
+                            record = written.result()
+                        except Exception as err:  # noqa: BLE001
+                            _write_failed(sample, err)
+                    done = self._done + self._failed + 1
+                    self._commit(sample, record, done)
+                    progress.update(sample.ok)
+                    if done % self.batch_size == 0 or done == todo_count:
+                        elapsed = time.perf_counter() - processing
+                        self.logger.log_metrics({"images_per_s": done / max(elapsed, 1e-9),
+                                                 "done": self._done, "failed": self._failed}, step=done)
             finished = stop.received is None  # every sample of the todo list went through
             exit_code, exit_reason = exit_status(self._done, self._failed, todo_count, self.max_failure_rate,
                                                  stop.received)
