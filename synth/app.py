@@ -182,7 +182,7 @@ def drop_null_groups(argv: list[str]) -> list[str]:
 def cli() -> None:
     problem = check_group_choices(sys.argv[1:])
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
+        print(f"error: {printable(problem)}", file=sys.stderr)
         raise SystemExit(2)
     sys.argv[1:] = drop_null_groups(sys.argv[1:])
     main()

@@ -112,7 +112,7 @@ class HFDatasetWriter(ShardedWriter):
             self._parquet.close()
             temp, final = self._paths
             temp.replace(final)  # visible only now, complete
-            log.debug("hf: wrote %s", final)
+            log.debug("hf: wrote %s", printable(str(final)))
         self._parquet, self._paths, self._rows, self._bytes = None, None, 0, 0
 
     def _drop_shard(self) -> None:

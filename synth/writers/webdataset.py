@@ -16,6 +16,7 @@ from pathlib import Path
 
 import webdataset as wds
 
+from synth.faults import printable
 from synth.files import to_json
 from synth.params import setting
 from synth.sample import Sample
@@ -74,7 +75,7 @@ class WebDatasetWriter(ShardedWriter):
         """ShardWriter closed a shard: give it its final name (it becomes visible now)."""
         final = self.final_path(Path(temp))
         Path(temp).replace(final)
-        log.debug("webdataset: wrote %s", final)
+        log.debug("webdataset: wrote %s", printable(str(final)))
 
     def _finish_shard(self) -> None:
         if self._sink is not None:
