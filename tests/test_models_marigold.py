@@ -161,6 +161,14 @@ def test_decomposition_reproduces_the_subject_and_reaches_stage_3(tiny_iid):
         assert np.abs(sample.degraded.astype(int) - expected)[subject].max() <= 1
         # a uniform light is not the photo's own: the relit subject differs from the photo
         assert np.abs(sample.degraded.astype(int) - sample.image)[subject].mean() > 1
+    mix = built_stage("shadow", "shadow=mix", "shadow.weights={both:1}", "shadow.soft_shading.ambient=1",
+                      "shadow.soft_shading.specular_chance=0", "shadow.soft_shading.cast_chance=0",
+                      "shadow.hard.min_visibility=0")
+    mix.process(batch)
+    for sample in batch:  # mix's lighting part relights the decomposition too
+        assert sample.ok, sample.error
+        params = sample.params["shadow"]
+        assert params["soft_shading"]["decomposition"] is True and params["base"] == "foreground"
 
 
 def test_without_a_decomposition_soft_shading_is_unchanged():
