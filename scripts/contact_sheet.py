@@ -6,7 +6,9 @@ types, so realism can be judged at a glance.
 The subject is cut out and its albedo estimated by the default (weight-free) stages 1 and 2;
 each tile is the stage-3.5 composite. Family tiles use ``base=foreground`` (the shadow on the
 real photo, as in shadow-removal pairs), opacity 0.6 and the other ``shadow=hard`` defaults;
-the lighting tiles use the albedo, as ``shadow=soft_shading`` does by default.
+the lighting tiles use the albedo, as ``shadow=soft_shading`` does by default. Labels give the
+measured ``visibility``: the share of the subject shadowed (luma down >= 15 %), or the mean
+change for new light. One tile shows ``experiment=sun_shadows``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from synth.app import build
 from synth.data import SAMPLES_DIR
 from synth.imaging import open_rgb
 from synth.sample import Sample
@@ -32,6 +35,14 @@ TILE = 300  # px, long side of each tile
 COLUMNS = 5
 MAX_BYTES = 600_000
 FAMILY_OPACITY = 0.6  # fixed for the family tiles, so that every pattern is easy to see
+
+
+def compose(*overrides: str):
+    """The job config as ``python -m synth OVERRIDES`` composes it."""
+    from hydra import compose as hydra_compose, initialize_config_module
+
+    with initialize_config_module(config_module="synth.conf", version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
 
 
 def prepared(seed: int) -> Sample:
@@ -49,6 +60,8 @@ def tile(sample: Sample, stage, label: str, index: int) -> np.ndarray:
         stage.process([s])
         AlphaComposite().process([s])
         image = s.composite
+        seen = s.params["shadow"]["visibility"]
+        label += f" ({seen['shadowed']:.0%})" if seen["shadowed"] >= 0.05 else f" (change {seen['change']:.0%})"
     else:
         image = s.image if label == "original" else s.albedo
     h, w = image.shape[:2]
@@ -80,6 +93,8 @@ def main(argv: list[str] | None = None) -> Path:
     tiles.append(tile(sample, SoftShading(**{**soft, "azimuth": 60.0, "elevation": 50.0, "cast_chance": 1.0}),
                       "soft: above + subtle shadow", 0))
     tiles.append(tile(sample, HardShadow(patterns="window_frame"), "window_frame on albedo", 0))
+    tiles.append(tile(sample, build(compose("experiment=sun_shadows", "shadow.patterns=tree_foliage"), "shadow"),
+                      "sun_shadows: foliage", 0))
     tiles.append(tile(sample, Mix(HardShadow(patterns="tree_foliage", key="shadow.hard"),
                                   SoftShading(azimuth=120.0, **soft, key="shadow.soft_shading"),
                                   weights="both"), "both: light + foliage", 0))
