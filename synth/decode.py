@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,27 +138,27 @@ def _check_header(im: Image.Image, src: Any, limits: Limits) -> None:
                               "possible decoding-time bomb; not decoded")
 
 
+_JPEG_MARKER = re.compile(rb"\xff[^\x00]")  # 0xFF 0x00 in entropy-coded data is a data byte
+
+
 def jpeg_scans(data: bytes) -> int:
     """How many scans (SOS segments) a JPEG file has."""
-    if data.count(b"\xff\xda") <= MAX_JPEG_SCANS:  # an upper bound: the usual case ends here
-        return data.count(b"\xff\xda")
-    # Walk the markers: segments are skipped by their length (an EXIF thumbnail or ICC profile may
-    # hold the same bytes), entropy-coded data up to the next marker.
-    count, i, n = 0, 2, len(data)
-    while True:
-        j = data.find(b"\xff", i)
-        if j < 0 or j + 3 >= n:
-            return count
-        marker = data[j + 1]
-        if marker == 0xFF:  # fill byte
-            i = j + 1
-        elif marker == 0x00 or 0xD0 <= marker <= 0xD8 or marker == 0x01:  # stuffed 0xFF, RSTn, SOI, TEM
-            i = j + 2
+    quick = data.count(b"\xff\xda")  # an upper bound: the usual case ends here
+    if quick <= MAX_JPEG_SCANS:
+        return quick
+    # Walk the markers (found by a regex, in C: ~1 s for 40 MB of entropy-coded data): segments
+    # are skipped by their length, since an EXIF thumbnail or ICC profile may hold the same bytes.
+    count, i = 0, 2
+    while (m := _JPEG_MARKER.search(data, i)) is not None:
+        marker, i = data[m.start() + 1], m.end()
+        if marker == 0xFF:  # fill bytes before a marker
+            i -= 1
         elif marker == 0xD9:  # EOI
-            return count
-        else:
+            break
+        elif not (0xD0 <= marker <= 0xD8 or marker == 0x01):  # RSTn, SOI and TEM have no length
             count += marker == 0xDA
-            i = j + 2 + int.from_bytes(data[j + 2:j + 4], "big")
+            i += int.from_bytes(data[i:i + 2], "big")
+    return count
 
 
 def _decode_open(im: Image.Image, src: Any, limits: Limits) -> Decoded:
