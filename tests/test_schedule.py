@@ -17,11 +17,14 @@ from types import SimpleNamespace
 
 import pytest
 
+from synth.app import build_runner
 from synth.errors import ConfigError
 from synth.faults import StopSignals
 from synth.sample import Sample
 from synth.schedule import Pipeline, plan, worker_count
 from synth.stages.base import Stage, resolve_device
+from tests.conftest import compose_config
+from tests.scale_helpers import assert_same_results, make_inputs, result_files
 
 
 class CpuSleep(Stage):
@@ -180,3 +183,48 @@ def test_samples_in_flight_stay_within_the_window():
         with lock:
             in_flight.discard(sample.index)
     assert pipeline.window == 2 * 2 + 3 * 3 and 3 <= peak[0] <= pipeline.window
+
+
+# --- whole jobs through the runner ------------------------------------------------------------
+def runner_for(inputs, run_dir, *overrides: str, on_device: tuple[str, ...] = ()):
+    """A job over ``inputs`` as ``python -m synth`` builds it; the stages named in ``on_device``
+    are scheduled like model stages (batched on the main thread) though they are weight-free."""
+    cfg = compose_config("data=folder", f"data.path='{inputs}'", "logger=none", "writers=[webdataset]",
+                         "segmentation.work_size=64", "segmentation.iterations=1", *overrides)  # grabcut, quickly
+    runner = build_runner(cfg, run_dir)
+    for stage in runner.stages:
+        if stage.name in on_device:
+            stage.batched_on_device = True
+    return runner
+
+
+def test_outputs_are_byte_identical_for_any_num_workers_batch_size_and_segments(tmp_path):
+    inputs = make_inputs(tmp_path / "in", 7)
+    variants = [("1", 1, ()), ("auto", 3, ("segmentation",)), ("3", 2, ("segmentation", "recombine"))]
+    runs = []
+    for workers, batch, on_device in variants:
+        run_dir = tmp_path / f"run-{workers}-{batch}-{len(on_device)}"
+        summary = runner_for(inputs, run_dir, f"num_workers={workers}", f"batch_size={batch}",
+                             on_device=on_device).run()
+        assert summary["done"] + summary["failed"] == 7
+        runs.append(run_dir)
+    reference = result_files(runs[0])
+    shards = sorted(p.name for p in (runs[0] / "webdataset").glob("*.tar"))
+    assert shards
+    for run_dir in runs[1:]:
+        assert_same_results(result_files(run_dir), reference)
+        for name in shards:  # same samples in the same order: the same tar bytes
+            assert (run_dir / "webdataset" / name).read_bytes() == (runs[0] / "webdataset" / name).read_bytes()
+
+
+def test_a_job_with_model_stages_sets_them_up_on_gpu_shard_mod_n(tmp_path, monkeypatch):
+    cuda = SimpleNamespace(is_available=lambda: True, device_count=lambda: 4)
+    monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=cuda))  # a node with 4 GPUs
+    inputs = make_inputs(tmp_path / "in", 6)
+    runner = runner_for(inputs, tmp_path / "run", "data.num_shards=8", "data.shard_index=5",
+                        on_device=("segmentation",))
+    devices = []
+    monkeypatch.setattr(runner.stages[0], "setup", devices.append)
+    summary = runner.run()
+    assert summary["done"] + summary["failed"] == 1  # input 5, the only one of shard 5 of 8
+    assert devices == ["cuda:1"]
