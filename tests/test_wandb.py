@@ -150,6 +150,7 @@ def test_config_metrics_summary_and_sync_hint(logged_job):
     assert run.config["overrides"] == ["data.limit=2", "logger=wandb", "logger.mode=offline"]
     assert run.run.display_name == "data.limit=2"  # logger settings are left out of the name
     assert run.summary["done"] == 2 and run.summary["failed"] == 0 and run.summary["exit_code"] == 0
+    assert run.summary["records_count"] == 2 and run.summary["records"].endswith("samples.jsonl")  # read from it
     assert run.summary["ms/segmentation"] > 0 and run.summary["perf/images_per_s"] > 0
     assert run.exit_code == 0
     assert f"wandb sync {run.path}" in proc.stdout
