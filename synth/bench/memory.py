@@ -7,8 +7,9 @@ RSS from the kernel (``wait4``), then prints peak RSS, wall time and the size of
 ``metadata.json`` per count, and the slope in KB per sample between the smallest and the
 largest count (target: at most 2 KB/sample; ``metadata.json`` under 256 KB at any count).
 
-Then it times listing a generated ``--csv-rows``-row CSV (``data=csv``) and selecting one shard
-of 64 from it, with the Python memory the listing holds (tracemalloc).
+Then it times listing a generated ``--csv-rows``-row CSV (``data=csv``) and a folder of
+``--folder-files`` empty images (``data=folder``), and selecting one shard of 64 from each, with
+the Python memory each listing holds (tracemalloc).
 """
 
 from __future__ import annotations
@@ -82,11 +83,36 @@ def csv_listing(workdir: Path, rows: int, num_shards: int = 64) -> dict:
             "peak_mb": peak / 1e6}
 
 
+def folder_listing(workdir: Path, files: int, num_shards: int = 64) -> dict:
+    """Time and Python memory to list ``files`` (empty) images in 1,000-file sub-folders
+    (``data=folder``) and select shard 3 of ``num_shards``."""
+    from synth.data import ImageFolder
+
+    root = workdir / "photos"
+    for i in range(files):
+        if i % 1000 == 0:
+            (root / f"{i // 1000:04d}").mkdir(parents=True)
+        (root / f"{i // 1000:04d}" / f"{i:07d}.jpg").touch()
+    start = time.perf_counter()
+    source = ImageFolder(path=str(root), num_shards=num_shards, shard_index=3)
+    total = source.total
+    listed = time.perf_counter()
+    shard = sum(1 for _ in source.items())
+    done = time.perf_counter()
+    tracemalloc.start()
+    ImageFolder(path=str(root), num_shards=num_shards, shard_index=3).total
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {"rows": total, "list_s": listed - start, "shard_s": done - listed, "shard_items": shard,
+            "peak_mb": peak / 1e6}
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m synth.bench memory", description=__doc__)
     parser.add_argument("--counts", type=int, nargs="+", default=[300, 3000, 30000], help="photos per job")
     parser.add_argument("--size", type=int, default=32, help="photo side in pixels")
     parser.add_argument("--csv-rows", type=int, default=1_000_000, help="rows of the generated CSV (0: skip)")
+    parser.add_argument("--folder-files", type=int, default=100_000, help="files of the generated folder (0: skip)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
     args = parser.parse_args(argv)
 
@@ -110,5 +136,11 @@ def main(argv: list[str]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             result = csv_listing(Path(tmp), args.csv_rows)
         print(f"data=csv, {result['rows']:,} rows: listed in {result['list_s']:.2f} s, shard 3 of 64 "
+              f"({result['shard_items']:,} items) selected in {result['shard_s']:.2f} s, "
+              f"{result['peak_mb']:.0f} MB peak Python memory")
+    if args.folder_files:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = folder_listing(Path(tmp), args.folder_files)
+        print(f"data=folder, {result['rows']:,} files: listed in {result['list_s']:.2f} s, shard 3 of 64 "
               f"({result['shard_items']:,} items) selected in {result['shard_s']:.2f} s, "
               f"{result['peak_mb']:.0f} MB peak Python memory")
