@@ -41,7 +41,8 @@ class Blip(ModelCaption):
     def infer(self, chunk: list[Sample]) -> list[str]:
         # every sample gets the same prefix, so the batch needs no padding
         text = [self.prompt] * len(chunk) if self.prompt else None
-        inputs = self.processor(images=[s.image for s in chunk], text=text, return_tensors="pt").to(self.device)
+        inputs = self.processor(images=[s.image for s in chunk], text=text, return_tensors="pt",
+                                device=self.device).to(self.device)  # resizing and normalising on the device
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         tokens = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams,
                                      do_sample=False)
