@@ -71,6 +71,14 @@ def bytes_on_disk(run_dir: Path) -> int:
     return sum(sizes.values())
 
 
+def job_cpu_s(run_dir: Path, overrides: list[str]) -> tuple[dict, float]:
+    """``time_run`` and the CPU seconds (user + system) the job took, start-up included."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    summary = time_run(run_dir, overrides)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return summary, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
 def time_run(run_dir: Path, overrides: list[str]) -> dict:
     """Run one ``python -m synth`` job into ``run_dir``; return its summary (metadata.json)."""
     cmd = [sys.executable, "-m", "synth", f"hydra.run.dir={run_dir}", "logger=none", *overrides]
@@ -142,15 +150,15 @@ def main(argv: list[str]) -> None:
         cpu_s: dict[str, list[float]] = {e: [] for e in encoders}
         sizes: dict[str, int] = {}
         stage_ms: dict[str, list[float]] = {}
+        # CPU per image is what a busy shared machine distorts least; a one-image job per encoder
+        # measures the start-up CPU to take off (images/s follows it where the job keeps all cores busy).
+        startup = {e: job_cpu_s(tmp / f"startup-{e}", [*base, "data.limit=1", f"writer.png_encoder={e}"])[1]
+                   for e in encoders}
         for r in range(args.repeats):
             for encoder in encoders:  # interleaved, so that load changes on the machine hit both alike
                 run_dir = tmp / f"run-{encoder}-{r}"
-                before = resource.getrusage(resource.RUSAGE_CHILDREN)
-                summary = time_run(run_dir, [*base, f"writer.png_encoder={encoder}"])
-                after = resource.getrusage(resource.RUSAGE_CHILDREN)
-                # CPU time is what a busy shared machine distorts least (start-up included)
-                cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-                cpu_s[encoder].append(cpu / max(1, summary["done"]))
+                summary, cpu = job_cpu_s(run_dir, [*base, f"writer.png_encoder={encoder}"])
+                cpu_s[encoder].append((cpu - startup[encoder]) / max(1, summary["done"] - 1))
                 rates[encoder].append(summary["images_per_s"])
                 write_ms[encoder].append(summary["stage_ms"]["write"]["median"])
                 sizes[encoder] = bytes_on_disk(run_dir) // max(1, summary["done"])
