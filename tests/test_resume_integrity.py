@@ -212,23 +212,27 @@ def shard_contents(run_dir: Path) -> tuple[list[list[str]], list[list[str]]]:
 
 
 def test_shards_after_a_stop_and_rerun_split_as_in_an_uninterrupted_run(tmp_path, monkeypatch):
+    """Shards hold up to 100 samples, so an uninterrupted job writes one of 7; a job stopped by
+    SIGTERM after a few samples used to publish its partial shard, and the rerun a second one."""
+    import signal
+
+    from synth.runner import Runner
+
     data = photos(tmp_path / "in", *(f"p{i}.png" for i in range(7)))
-    args = ["writers=[webdataset,hf]", "writers.webdataset.maxcount=3", "writers.hf.rows_per_shard=3", "batch_size=1"]
+    args = ["writers=[webdataset,hf]", "writers.webdataset.maxcount=100", "writers.hf.rows_per_shard=100",
+            "batch_size=1"]
     run_job(data, tmp_path / "reference", *args)
 
-    import synth.faults as faults
-    real_requested = faults.StopSignals.requested
-    calls = {"n": 0}
+    real_commit = Runner._commit
 
-    def stop_after_four(self):  # a SIGTERM after the fourth sample was started
-        calls["n"] += 1
-        if calls["n"] > 4:
-            self.received = faults.signal.SIGTERM
-        return real_requested.fget(self)
+    def commit_then_sigterm(self, sample, *rest):  # a SIGTERM (Slurm, kill) after the second sample
+        real_commit(self, sample, *rest)
+        if sample.index == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(faults.StopSignals, "requested", property(stop_after_four))
+    monkeypatch.setattr(Runner, "_commit", commit_then_sigterm)
     stopped = run_job(data, tmp_path / "run", *args)
-    assert stopped["exit_code"] == 143 and 0 < stopped["done"] < 7
+    assert stopped["exit_code"] == 143 and 2 <= stopped["done"] < 7
     monkeypatch.undo()
     run_job(data, tmp_path / "run", *args)
     assert shard_contents(tmp_path / "run") == shard_contents(tmp_path / "reference")
