@@ -8,6 +8,8 @@ are random, so the albedo, shading and normals are noise.
 
 import json
 import string
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +18,8 @@ import torch
 from synth.errors import ConfigError
 from synth.imaging import linear_to_srgb, srgb_to_linear
 from synth.stages.models.marigold import Marigold, subject_square, take_square
-from tests.conftest import batched_and_single, built_stage, compose_config, run_synth, soft_disc_mask, two_photos
+from tests.conftest import (REPO, batched_and_single, built_stage, compose_config, run_synth, soft_disc_mask,
+                            two_photos)
 
 RESOLUTION = 32  # processing size of the tiny models (a multiple of their VAE's factor, 2)
 
@@ -234,6 +237,7 @@ def test_missing_or_wrong_weights_are_one_line_naming_the_key(tmp_path, tiny_nor
         build(compose_config("albedo=marigold"), "albedo")
 
 
+@pytest.mark.slow
 def test_job_writes_the_decomposition(tmp_path, tiny_iid):
     """Code path, end to end: a job with albedo=marigold and shadow=soft_shading writes
     stage_2/{id}_shading.png and _residual.png and records the decomposition in stage 3."""
@@ -245,3 +249,16 @@ def test_job_writes_the_decomposition(tmp_path, tiny_iid):
         assert (run_dir / "stage_2" / f"000000_{name}.png").is_file()
     assert record["params"]["albedo"]["method"] == "marigold"
     assert record["params"]["shadow"]["decomposition"] is True
+
+
+@pytest.mark.slow
+def test_decomposition_figure_script_writes_a_figure(tmp_path):
+    """The README's figure comes from code that still runs (weight-free: no model involved)."""
+    from PIL import Image
+
+    out = tmp_path / "figure.png"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "decomposition_figure.py"), "--out", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with Image.open(out) as figure:
+        assert figure.format == "PNG" and figure.size[0] > 1000  # six tiles across
