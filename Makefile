@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench install clean
+.PHONY: run test bench install clean mutants
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Mutation testing of the modules that carry guarantees (setup.cfg [mutmut]); slow, not in CI.
+# One module: make mutants MUTANTS='synth.params*'. Then: .venv/bin/mutmut results / show NAME.
+MUTANTS ?=
+mutants: $(STAMP)
+	$(VENV)/bin/mutmut run $(if $(MUTANTS),'$(MUTANTS)')
+	$(VENV)/bin/mutmut results
 
 bench: $(STAMP)
 	$(PY) -m synth.bench $(ARGS)
