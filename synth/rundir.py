@@ -18,6 +18,8 @@ import logging
 import os
 import random
 import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -52,14 +54,21 @@ def _alive(pid: int) -> bool:
 
 
 class RunLock:
-    """``synth.lock`` holds the pid and host of the job writing into a run directory. A lock
-    of a dead pid on this host is stale (a SIGKILLed job) and taken over; a live one, or one
-    from another host (whose pid cannot be checked from here), refuses the job."""
+    """``synth.lock`` holds the pid and host of the job writing into a run directory, and the
+    job touches it every ``HEARTBEAT_S`` seconds while it runs. A lock is stale, and taken over,
+    when its pid is gone on this host (a SIGKILLed job) or it has not been touched for
+    ``STALE_AFTER_S`` (a job killed on another node, e.g. a Slurm job requeued elsewhere);
+    otherwise the job is refused."""
+
+    HEARTBEAT_S = 30.0
+    STALE_AFTER_S = 300.0
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK_FILE
         self.mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
         self.held = False
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
 
     def acquire(self) -> "RunLock":
         try:
@@ -72,7 +81,16 @@ class RunLock:
             with os.fdopen(fd, "w") as f:
                 f.write(self.mine)
         self.held = True
+        self._beat = threading.Thread(target=self._heartbeat, name="synth-lock", daemon=True)
+        self._beat.start()
         return self
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.HEARTBEAT_S):
+            try:
+                os.utime(self.path)
+            except OSError:  # the run directory went away: the job will say so
+                pass
 
     def _take_over_if_stale(self) -> None:
         try:
@@ -80,7 +98,11 @@ class RunLock:
             pid, host = int(owner["pid"]), str(owner["host"])
         except (OSError, ValueError, KeyError, TypeError):
             pid, host = None, socket.gethostname()  # unreadable (torn write): nobody can hold it
-        if pid is not None and (host != socket.gethostname() or _alive(pid)):
+        try:
+            age = time.time() - self.path.stat().st_mtime
+        except OSError:
+            age = 0.0
+        if pid is not None and age < self.STALE_AFTER_S and (host != socket.gethostname() or _alive(pid)):
             where = f"pid {pid}" + (f" on {host}" if host != socket.gethostname() else "")
             raise OutputError(f"{printable(str(self.path.parent))}: busy: another synth job ({where}) is "
                               f"writing there ({LOCK_FILE}); wait for it or use another hydra.run.dir "
@@ -91,12 +113,14 @@ class RunLock:
         if self.path.read_text() != self.mine:  # another job took it over at the same moment
             raise OutputError(f"{printable(str(self.path.parent))}: busy: another synth job took over "
                               f"the stale {LOCK_FILE} at the same moment")
-        log.info("took over the stale %s of pid %s (no longer running)", LOCK_FILE, pid)
+        log.info("took over the stale %s of pid %s on %s (not running, or not touched for %.0f s)", LOCK_FILE,
+                 pid, host, age)
 
     def release(self) -> None:
         if not self.held:
             return
         self.held = False
+        self._stop.set()
         try:
             if self.path.read_text() == self.mine:
                 self.path.unlink()

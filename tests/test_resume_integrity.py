@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -198,6 +199,23 @@ def test_a_second_job_in_a_busy_run_directory_is_refused(tmp_path):
     # The same lock, its process gone (a SIGKILLed job): stale, taken over.
     summary = run_job(data, run_dir)
     assert summary["done"] == 1 and not (run_dir / "synth.lock").exists()
+
+
+def test_a_lock_from_another_host_is_stale_only_once_its_heartbeat_stops(tmp_path):
+    """A job killed on another node (a Slurm job requeued elsewhere) cannot be checked by pid:
+    its lock is honoured while it is touched, and taken over once it has not been for 5 min."""
+    from synth.rundir import RunLock
+
+    lock = tmp_path / "synth.lock"
+    lock.write_text(json.dumps({"pid": 1, "host": "node-elsewhere"}))
+    with pytest.raises(OutputError, match="pid 1 on node-elsewhere"):
+        RunLock(tmp_path).acquire()
+    old = time.time() - 600
+    os.utime(lock, (old, old))
+    mine = RunLock(tmp_path).acquire()
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    mine.release()
+    assert not lock.exists()
 
 
 # --- item 18: a stopped job's shards split as an uninterrupted job's --------------------------------
