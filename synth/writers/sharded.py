@@ -112,7 +112,10 @@ class ShardedWriter:
         n = 1
         while aside.exists() or aside.is_symlink():
             aside, n = shard.with_name(f"{shard.name}.corrupt.{n}"), n + 1
-        shard.rename(aside)
+        try:
+            shard.rename(aside)
+        except FileNotFoundError:  # another job sharing writer.path set it aside first
+            return []
         log.warning("%s: cannot be read (%s); set aside as %s, its samples will be written again",
                     printable(str(shard)), printable(problem[:200]), aside.name)
         return []
