@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from synth.errors import ConfigError, OutputError
 from synth.faults import as_output_error, printable
+from synth.files import _jsonable
 
 log = logging.getLogger("synth")
 
@@ -183,7 +184,7 @@ class JsonlLog:
         self.count = 0  # lines written by this job
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, sort_keys=True, default=_plain) + "\n")
+        self._file.write(json.dumps(record, sort_keys=True, default=_jsonable) + "\n")
         self._file.flush()
         self.count += 1
 
@@ -194,18 +195,13 @@ class JsonlLog:
             pass
 
 
-def _plain(obj: Any) -> Any:
-    from synth.files import _jsonable
-    return _jsonable(obj)
-
-
 def rewrite_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
     """Replace ``path`` by ``records`` (streamed to a temporary file, then renamed)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
             for record in records:
-                f.write(json.dumps(record, sort_keys=True, default=_plain) + "\n")
+                f.write(json.dumps(record, sort_keys=True, default=_jsonable) + "\n")
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
