@@ -11,12 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
+from hypothesis import settings
 
 from synth.data import SAMPLES_DIR
 from synth.imaging import open_rgb
 from synth.sample import Sample
 
 REPO = Path(__file__).resolve().parent.parent
+
+# `make mutants` runs the tests once per mutant: fewer Hypothesis examples there (setup.cfg [mutmut]).
+settings.register_profile("mutmut", max_examples=20, database=None)
 
 
 def compose_config(*overrides: str):
