@@ -7,6 +7,8 @@ import io
 import itertools
 import logging
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -63,6 +65,7 @@ class ImageFolder:
         self.limits = Limits(min_side=min_side, max_side=max_side, max_pixels=max_pixels)  # validates
         self.skip_dirs: set[str] = set()  # the run directory: never listed as input (see skip())
         self._paths: list[str] | None = None
+        self._id_width: int | None = None
 
     def skip(self, directory: str | Path) -> None:
         """Never list ``directory`` (the job's run directory) as input, even inside ``path``.
@@ -88,7 +91,9 @@ class ImageFolder:
         return range(self.shard_index, self.total, self.num_shards)
 
     def id_of(self, index: int) -> str:
-        return f"{index:0{max(6, len(str(max(self.total - 1, 0))))}d}"
+        if self._id_width is None:  # zero-padded to at least 6 digits, the same for every id of the listing
+            self._id_width = max(6, len(str(max(self.total - 1, 0))))
+        return f"{index:0{self._id_width}d}"
 
     def item(self, index: int) -> Item:
         return Item(index, self.id_of(index), str(self.root / self.paths[index]))
@@ -99,14 +104,30 @@ class ImageFolder:
 
     def entries(self) -> Iterator[tuple[int, str, str, int, int]]:
         """This shard's ``(index, id, path as listed, size, mtime_ns)``: what the run directory's
-        manifest pins (one stat per input of this shard; -1 where it cannot be read)."""
-        for index in self.indices():
-            try:
-                st = os.stat(self.root / self.paths[index])
-                size, mtime = st.st_size, st.st_mtime_ns
-            except OSError:
-                size, mtime = -1, 0
-            yield index, self.id_of(index), self.paths[index], size, mtime
+        manifest pins (one stat per input of this shard, -1 where it cannot be read; in 16
+        threads, a bounded window of blocks ahead: network file systems answer slowly)."""
+        root, paths = str(self.root), self.paths
+
+        def stat_block(block: range) -> list[tuple[int, int]]:
+            out = []
+            for index in block:
+                try:
+                    st = os.stat(os.path.join(root, paths[index]))
+                    out.append((st.st_size, st.st_mtime_ns))
+                except OSError:
+                    out.append((-1, 0))
+            return out
+
+        shard, step = self.indices(), 1024
+        with ThreadPoolExecutor(16, thread_name_prefix="stat") as pool:
+            window: deque = deque()
+            for start in range(0, len(shard), step):
+                block = shard[start:start + step]
+                window.append((block, pool.submit(stat_block, block)))
+                while len(window) > 64 or (window and start + step >= len(shard)):
+                    block, stats = window.popleft()
+                    for index, (size, mtime) in zip(block, stats.result()):
+                        yield index, self.id_of(index), paths[index], size, mtime
 
     def load(self, item: Item, seed: int) -> Sample:
         """Decode one item into a fresh Sample (runs in a worker thread).
