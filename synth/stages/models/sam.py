@@ -54,8 +54,9 @@ def fused_attention(encoder: Any) -> None:
     segment-anything writes out each attention matrix, adds the relative positions and takes a
     float32 softmax: about 2 GiB per 1024 px image in each global block, 64.7 GiB at batch 32.
     The fused kernel takes the relative positions as an additive bias and never holds the
-    probabilities, so the bias (heads x 4096 x 4096 in the compute dtype) is the largest
-    tensor. Same maths, so the masks match to float rounding.
+    probabilities; the bias (heads x 4096 x 4096 per image in a global block) is built for a few
+    images at a time (:data:`BIAS_ELEMENTS`), so it does not grow with the batch. Same maths, so
+    the masks match to float rounding.
     """
     import types
 
@@ -66,6 +67,9 @@ def fused_attention(encoder: Any) -> None:
             module.forward = types.MethodType(_fused_forward, module)
 
 
+BIAS_ELEMENTS = 1 << 28  # at most this many bias elements at once: one image's in a global block (vit_h: 16 heads)
+
+
 def _fused_forward(self: Any, x: Any) -> Any:
     import torch
     import torch.nn.functional as F
@@ -73,15 +77,22 @@ def _fused_forward(self: Any, x: Any) -> Any:
 
     b, h, w, _ = x.shape
     q, k, v = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (b, heads, hw, c)
-    bias = None
-    if self.use_rel_pos:  # segment_anything's add_decomposed_rel_pos, as a bias instead of an in-place sum
-        r_q = q.reshape(b * self.num_heads, h, w, -1)
-        rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(h, h, self.rel_pos_h))
-        rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(w, w, self.rel_pos_w))
-        bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(b, self.num_heads, h * w, h * w)
-        bias = bias.to(q.dtype)
-    x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-    return self.proj(x.view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1))
+    if not self.use_rel_pos:
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+    else:  # segment_anything's add_decomposed_rel_pos, as a bias instead of a sum into the attention matrix
+        rel_pos_h, rel_pos_w = get_rel_pos(h, h, self.rel_pos_h), get_rel_pos(w, w, self.rel_pos_w)
+        out = torch.empty_like(q)
+        step = max(1, BIAS_ELEMENTS // (self.num_heads * (h * w) ** 2))  # windowed blocks: many windows at once
+        for i in range(0, b, step):
+            part = q[i:i + step]
+            r_q = part.reshape(-1, h, w, part.shape[-1])
+            rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, rel_pos_h)
+            rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, rel_pos_w)
+            bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(len(part), self.num_heads, h * w, h * w)
+            out[i:i + step] = F.scaled_dot_product_attention(part, k[i:i + step], v[i:i + step],
+                                                             attn_mask=bias.to(part.dtype), scale=self.scale)
+            del bias  # before the next one is built
+    return self.proj(out.view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1))
 
 
 class Sam(ModelSegmentation):
