@@ -4,11 +4,11 @@
 #   bash scripts/gpu_check.sh            # on the device machine: wheels from .whl/, then every step
 #   bash scripts/gpu_check.sh --tiny     # here, on the CPU: the same steps with tiny models (checks the script)
 #
-# Steps, most important first, each under `timeout` and inside a total budget (GPU_CHECK_BUDGET_S,
-# default 480 s), so a hang or failure costs only that step and the next still runs:
-#   e2e       python -m synth.bench e2e --segmentation sam3 --captioning blip at 1024 px, 256 photos, batch 32
+# Steps, the short ones first, each under `timeout` and inside a total budget (GPU_CHECK_BUDGET_S,
+# default 500 s), so a hang or failure costs only that step and the next still runs:
 #   models    python -m synth.bench models: sam3, sam (vit_b), blip at batch 32 (peak GPU memory per row)
-#   pipeline  python -m synth.bench pipeline: the weight-free job, masks given, every core
+#   pipeline  python -m synth.bench pipeline: the weight-free job, masks given, every core (num_workers default)
+#   e2e       python -m synth.bench e2e --segmentation sam3 --captioning blip at 1024 px, 256 photos, batch 32
 #   marigold  the marigold rows of the models bench, when the bench has them
 # Output: $OUT/*.txt (one file per step, plus summary.txt with each step's exit status and key lines).
 # The device image lacks hydra-core, omegaconf, segment-anything, ...: the lead puts their wheels in .whl/.
@@ -20,7 +20,7 @@ OUT=${OUT:-$(mktemp -d /tmp/gpu_check_out.XXXX)}
 mkdir -p "$OUT"
 SUMMARY="$OUT/summary.txt"
 START=$(date +%s)
-BUDGET=${GPU_CHECK_BUDGET_S:-480}
+BUDGET=${GPU_CHECK_BUDGET_S:-500}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 note() { echo "[$(date -u +%T)] $*" | tee -a "$SUMMARY"; }
@@ -57,7 +57,7 @@ if [ $TINY -eq 1 ]; then
     note "gpu_check --tiny: CPU, tiny models, $PY"
     E2E=(--tiny --count 3 --repeats 1)
     MODELS=(--tiny --batch-sizes 2 --repeats 1 --size 256)
-    PIPELINE=(--count 4 --size 256 --repeats 1 --baseline-count 0)
+    PIPELINE=(--count 4 --size 256 --repeats 1 --baseline-count 0 --encoders auto)
 else
     PY=${PYTHON:-python3}
     {
@@ -73,15 +73,22 @@ else
         (cd "$REPO" && "$PY" -m pip install -q --no-deps --no-build-isolation --no-compile --upgrade --target /tmp/site .)
     } >"$OUT/install.txt" 2>&1 || note "FAIL install (see install.txt); the steps run with what is there"
     export PYTHONPATH=/tmp/site
-    "$PY" -c "import synth.conf, hydra, segment_anything" >>"$OUT/install.txt" 2>&1 || note "FAIL install: synth.conf, hydra or segment_anything not importable"
+    if ! (cd "$WORK" && "$PY" -c "import synth.conf") >>"$OUT/install.txt" 2>&1; then
+        # no setuptools there, say: the wheel's layout by hand (conf/ is the package synth.conf)
+        mkdir -p /tmp/synth_src && cp -r "$REPO/synth" /tmp/synth_src/ && cp -r "$REPO/conf" /tmp/synth_src/synth/conf
+        export PYTHONPATH=/tmp/site:/tmp/synth_src
+        note "synth not installed by pip (see install.txt); using a copy of the source tree"
+    fi
+    (cd "$WORK" && "$PY" -c "import synth.conf, hydra, segment_anything") >>"$OUT/install.txt" 2>&1 \
+        || note "FAIL install: synth.conf, hydra or segment_anything not importable"
     E2E=(--count 256 --size 1024 --batch-size 32)
     MODELS=(--batch-sizes 32 --repeats 2 --size 1024)
-    PIPELINE=(--count 128 --size 1024 --repeats 3 --baseline-count 0)
+    PIPELINE=(--count 128 --size 1024 --repeats 2 --baseline-count 0 --encoders auto)
 fi
 
+step models 150 "$PY" -m synth.bench models --stages sam3,sam,blip "${MODELS[@]}"
+step pipeline 100 "$PY" -m synth.bench pipeline "${PIPELINE[@]}"
 step e2e 300 "$PY" -m synth.bench e2e --segmentation sam3 --captioning blip "${E2E[@]}"
-step models 200 "$PY" -m synth.bench models --stages sam3,sam,blip "${MODELS[@]}"
-step pipeline 120 "$PY" -m synth.bench pipeline "${PIPELINE[@]}"
 if "$PY" -c "import sys, synth.bench.models as m; sys.exit('marigold_iid' not in m.STAGES)" 2>/dev/null; then
     step marigold 120 "$PY" -m synth.bench models --stages marigold_iid,marigold_normals "${MODELS[@]}"
 else
