@@ -159,3 +159,17 @@ def test_sam_device_path_matches_segment_anythings_forward(tiny_sam, prompt):
         assert (diff > 1).mean() < 0.001 and diff.mean() < 0.05
         compared += sample.ok and 0 < hard.mean() < 1
     assert compared, "with these seeded weights at least one mask must have an edge"
+
+
+def test_feathering_stays_float32_under_sams_autocast():
+    """SAM runs under bfloat16 autocast on a GPU; the mask's blur must not (8-bit levels would be off)."""
+    from synth.imaging import gaussian_blur, to_uint8
+    from synth.stages.models.base import ModelSegmentation
+
+    stage = ModelSegmentation(device="cpu", feather=0.02)
+    hard = np.zeros((200, 240), bool)
+    hard[40:150, 60:200] = True
+    want = to_uint8(gaussian_blur(hard.astype(np.float32), 0.02 * 240))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = stage.to_mask(torch.as_tensor(hard))
+    assert got.dtype == np.uint8 and np.abs(got.astype(int) - want).max() <= 1

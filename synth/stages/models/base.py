@@ -220,7 +220,8 @@ class ModelSegmentation(ModelStage):
         import torch
 
         h, w = hard.shape
-        soft = blur_on_device(hard.float(), self.feather * max(h, w))
+        with torch.autocast(hard.device.type, enabled=False):  # SAM's autocast would blur in bfloat16
+            soft = blur_on_device(hard.float(), self.feather * max(h, w))
         return (soft.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
 
     def finish(self, sample: Sample, mask: np.ndarray | None, reason: str, **params: Any) -> None:

@@ -169,7 +169,7 @@ class Sam(ModelSegmentation):
 
     def prompted(self, chunk: list[Sample]) -> list[np.ndarray]:
         """What ``Sam.forward`` does, except that the best of the candidate masks is chosen at low
-        resolution and only that one is resized to the image (forward resizes all three in float32)."""
+        resolution and only that one is resized to the image (forward resizes all three)."""
         import torch
 
         model, images, sizes, prompts = self.model, [], [], []
