@@ -171,3 +171,69 @@ def test_max_failure_rate_nan_exits_2_before_any_image_is_read(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: max_failure_rate=nan: must be a number >= 0 and <= 1"
     assert not (tmp_path / "run" / "failures.jsonl").exists()  # no sample was started
+
+
+# --- what the mutation run (make mutants) found untested -----------------------------------------
+def test_an_integer_range_draws_every_integer_in_it_inclusive():
+    """A range of two integers gives integers (documented: "integers stay integers"), both ends included."""
+    for param in (Param.number("k", [2, 5], 0, 10, integer=True), Param.number("k", [2, 5], 0, 10)):
+        values = [param.sample(0, i) for i in range(400)]
+        assert all(type(v) is int for v in values) and set(values) == {2, 3, 4, 5}
+    assert {Param.number("k", [2.0, 5.0], 0, 10).sample(0, i) for i in range(50)} - {2, 3, 4, 5}  # floats stay floats
+
+
+def test_an_odd_range_with_even_ends_draws_every_odd_value_inside():
+    values = {Param.number("shadow.blur", [2, 10], 1, 1001, integer=True, odd=True).sample(0, i) for i in range(300)}
+    assert values == {3, 5, 7, 9}
+
+
+def test_a_weighted_numeric_choice_draws_by_weight_from_its_own_stream():
+    param = Param.number("shadow.blur", {31: 1, 71: 3}, 1, 1001, integer=True, odd=True)
+    values = [param.sample(0, i) for i in range(2000)]
+    assert set(values) == {31, 71} and 0.7 < values.count(71) / len(values) < 0.8
+    other = Param.number("other.key", {31: 1, 71: 3}, 1, 1001, integer=True, odd=True)
+    assert [other.sample(0, i) for i in range(50)] != values[:50]
+
+
+def test_a_single_option_is_always_drawn():
+    assert {Param.option("shadow.color", "sky", ["sky", "neutral"]).sample(0, i) for i in range(20)} == {"sky"}
+    assert {Param.option("shadow.color", ["sky"], ["sky", "neutral"]).sample(0, i) for i in range(20)} == {"sky"}
+
+
+def test_omegaconf_specs_with_interpolations_are_resolved():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"lo": 0.2, "spec": ["${lo}", 0.5], "weights": {"a": "${w}", "b": 1}, "w": 3})
+    values = [Param.number("k", cfg.spec, 0, 1).sample(0, i) for i in range(100)]
+    assert min(values) >= 0.2 and max(values) <= 0.5
+    assert Param.option("k", cfg.weights, ["a", "b"]).weights == (3, 1)
+
+
+def test_numpy_values_are_drawn_as_plain_python_values():
+    param = Param.number("k", [np.float64(0.1), np.float64(0.2), np.float64(0.3)], 0, 1)
+    assert all(type(param.sample(0, i)) is float for i in range(10))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Param.number("k", 2.5, 0, 10, integer=True), "k=2.5: 2.5 is not a number in [0, 10] (integer)"),
+    (lambda: Param.number("k", 11, 0, 10), "k=11: 11 is not a number in [0, 10]"),
+    (lambda: Param.number("k", [1, 11], 0, 10), "k=[1,11]: 11 is not a number in [0, 10]"),
+    (lambda: Param.number("shadow.blur", [30, 30], 1, 1001, integer=True, odd=True),
+     "shadow.blur=[30,30]: range holds no odd value"),
+    (lambda: Param.option("k", "nope", ["a", "b"]), "k=nope: unknown option 'nope'; choose from a, b"),
+    (lambda: Param.option("k", [], ["a", "b"]), "k: empty; choose from a, b"),
+    (lambda: setting("k", "x"), "k=x: must be a number"),
+    (lambda: setting("k", "x", None, 5), "k=x: must be a number <= 5"),
+    (lambda: setting("k", None, 1, integer=True), "k=None: must be an integer >= 1"),
+    (lambda: setting("k", "x", 16, integer=True, optional=True), "k=x: must be an integer >= 16 or null"),
+    (lambda: setting("k", 1.5, 0, 1), "k=1.5: must be a number >= 0 and <= 1"),
+])
+def test_error_messages_in_full(make, message):
+    with pytest.raises(ConfigError) as err:
+        make()
+    assert str(err.value) == message
+
+
+def test_setting_bounds_are_inclusive_unless_open():
+    assert setting("k", 1.0, 0, 1) == 1.0 and setting("k", 0, 0, 1) == 0.0
+    assert setting("k", 5, 1, integer=True, optional=True) == 5
