@@ -227,9 +227,9 @@ class Runner:
                 stage.setup(device)
             processing = time.perf_counter()  # throughput excludes model loading and logger start-up
             todo = (self.source.item(index) for index in shard if not self._complete(index))
-            pipeline = Pipeline(self.stages, lambda item: self.source.load(item, self.seed), self._write,
-                                self.batch_size, self.num_workers, stop)
-            with Progress(todo_count, self.progress_every_s) as progress:
+            with Progress(todo_count, self.progress_every_s) as progress, \
+                    Pipeline(self.stages, lambda item: self.source.load(item, self.seed), self._write,
+                             self.batch_size, self.num_workers, stop) as pipeline:
                 for sample, written in pipeline.run(todo):  # finished samples, in input order
                     record = None
                     if written is not None:

@@ -139,14 +139,15 @@ class WorkerPool:
             else:
                 future.set_result(result)
 
-    def shutdown(self) -> None:
-        """Cancel what has not started, let running tasks finish, and join the threads."""
+    def shutdown(self, wait: bool = True) -> None:
+        """Cancel what has not started; with ``wait``, let running tasks finish and join the threads
+        (without, they are left to end with the process: they are daemon threads)."""
         with self._ready:
             for _, _, future, _, _ in self._heap:
                 future.cancel()
             self._closed = True
             self._ready.notify_all()
-        for thread in self._threads:
+        for thread in self._threads if wait else ():
             thread.join()
 
 
@@ -164,7 +165,10 @@ class _Slot:
 
 
 class Pipeline:
-    """Runs ``load`` -> ``stages`` -> ``write`` over items; see the module docstring.
+    """Runs ``load`` -> ``stages`` -> ``write`` over items; see the module docstring. Use it as a
+    context manager around :meth:`run`: leaving it waits for the tasks still running in the workers
+    (a write), so that nothing closes a writer under them, except after a KeyboardInterrupt (a
+    second Ctrl-C), which aborts without waiting.
 
     ``load(item)`` returns a Sample (a bad file: a failed Sample, not an exception); ``write(sample)``
     writes a finished sample and returns its record. ``stop.requested`` (SIGINT/SIGTERM) stops
@@ -180,6 +184,14 @@ class Pipeline:
         # written; the workers need about two samples each to stay busy while commits wait for order.
         default = 2 * num_workers + (3 * batch_size if on_device else 0)
         self.window = max(window or default, batch_size if on_device else 1)
+        self._pool: WorkerPool | None = None
+
+    def __enter__(self) -> "Pipeline":
+        self._pool = WorkerPool(self.num_workers)
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self._pool.shutdown(wait=not (exc_type is not None and issubclass(exc_type, KeyboardInterrupt)))
 
     # -- tasks for the workers ---------------------------------------------------------------------
     def _run_cpu(self, slot: _Slot, step: int) -> Any:
@@ -192,9 +204,9 @@ class Pipeline:
             return self.write(slot.sample)
         return None
 
-    def _submit(self, pool: WorkerPool, slot: _Slot, step: int) -> None:
+    def _submit(self, slot: _Slot, step: int) -> None:
         slot.step = step
-        slot.future = pool.submit((step, slot.position), self._run_cpu, slot, step)
+        slot.future = self._pool.submit((step, slot.position), self._run_cpu, slot, step)
 
     # -- the main thread ---------------------------------------------------------------------------
     def run(self, items: Iterable[Any]) -> Iterator[tuple[Sample, Future | None]]:
@@ -202,52 +214,50 @@ class Pipeline:
         before writing, else a done future whose ``result()`` is ``write``'s record or raises what
         ``write`` raised. ``items`` is consumed lazily, as the window has room."""
         last = len(self.segments) - 1
+        if self._pool is None:
+            raise RuntimeError("Pipeline.run: use the pipeline as a context manager (with Pipeline(...) as p)")
         device_steps = [k for k, s in enumerate(self.segments) if s.on_device][::-1]  # later ones drain first
-        pool = WorkerPool(self.num_workers)
         window: list[_Slot] = []
         source = iter(enumerate(items))
         exhausted = False
-        try:
-            while True:
-                if self.stop is not None and self.stop.requested and not exhausted:
+        while True:
+            if self.stop is not None and self.stop.requested and not exhausted:
+                exhausted = True
+                window = [s for s in window if not (s.step == 0 and s.future.cancel())]  # not begun: dropped
+            while not exhausted and len(window) < self.window:
+                position, item = next(source, (None, None))
+                if position is None:
                     exhausted = True
-                    window = [s for s in window if not (s.step == 0 and s.future.cancel())]  # not begun: dropped
-                while not exhausted and len(window) < self.window:
-                    position, item = next(source, (None, None))
-                    if position is None:
-                        exhausted = True
-                        break
-                    slot = _Slot(position, item)
-                    self._submit(pool, slot, 0)
-                    window.append(slot)
-                for slot in window:  # a CPU segment done: on to the device segment after it
-                    if slot.future is not None and slot.step < last and slot.future.done():
-                        slot.future.result()  # raises only on a bug (stage errors fail the sample)
-                        slot.step, slot.future = slot.step + 1, None
-                batch = next((b for k in device_steps if (b := self._ready_batch(window, k, exhausted))), None)
-                if batch:
-                    step = batch[0].step
-                    for stage in self.segments[step].stages:
-                        run_stage(stage, [slot.sample for slot in batch])
-                    for slot in batch:
-                        self._submit(pool, slot, step + 1)
-                    continue
-                finished = 0
-                while finished < len(window) and window[finished].step == last and window[finished].future.done():
-                    finished += 1
-                if finished:
-                    done, window = window[:finished], window[finished:]
-                    for slot in done:
-                        if slot.sample is None:
-                            slot.future.result()  # load itself raised: a bug, not a bad file
-                        yield slot.sample, slot.future if slot.written else None
-                    continue
-                if not window and exhausted:
-                    return
-                running = [s.future for s in window if s.future is not None and not s.future.done()]
-                wait(running, timeout=1.0, return_when=FIRST_COMPLETED)  # timeout: notice a stop signal
-        finally:
-            pool.shutdown()
+                    break
+                slot = _Slot(position, item)
+                self._submit(slot, 0)
+                window.append(slot)
+            for slot in window:  # a CPU segment done: on to the device segment after it
+                if slot.future is not None and slot.step < last and slot.future.done():
+                    slot.future.result()  # raises only on a bug (stage errors fail the sample)
+                    slot.step, slot.future = slot.step + 1, None
+            batch = next((b for k in device_steps if (b := self._ready_batch(window, k, exhausted))), None)
+            if batch:
+                step = batch[0].step
+                for stage in self.segments[step].stages:
+                    run_stage(stage, [slot.sample for slot in batch])
+                for slot in batch:
+                    self._submit(slot, step + 1)
+                continue
+            finished = 0
+            while finished < len(window) and window[finished].step == last and window[finished].future.done():
+                finished += 1
+            if finished:
+                done, window = window[:finished], window[finished:]
+                for slot in done:
+                    if slot.sample is None:
+                        slot.future.result()  # load itself raised: a bug, not a bad file
+                    yield slot.sample, slot.future if slot.written else None
+                continue
+            if not window and exhausted:
+                return
+            running = [s.future for s in window if s.future is not None and not s.future.done()]
+            wait(running, timeout=1.0, return_when=FIRST_COMPLETED)  # timeout: notice a stop signal
 
     def _ready_batch(self, window: list[_Slot], step: int, exhausted: bool) -> list[_Slot] | None:
         """The next batch for device segment ``step`` when all its samples have reached it."""

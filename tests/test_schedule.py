@@ -8,6 +8,7 @@ the device or numpy/OpenCV work does, so the overlap test shows the pipeline's s
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal
 import sys
@@ -69,8 +70,8 @@ def run(stages, count: int, batch_size: int = 2, num_workers: int = 2, stop=None
         written.append(sample.index)
         return {"id": sample.id}
 
-    pipeline = Pipeline(stages, load, write, batch_size=batch_size, num_workers=num_workers, stop=stop)
-    return [(sample, future and future.result()) for sample, future in pipeline.run(range(count))]
+    with Pipeline(stages, load, write, batch_size=batch_size, num_workers=num_workers, stop=stop) as pipeline:
+        return [(sample, future and future.result()) for sample, future in pipeline.run(range(count))]
 
 
 def test_plan_groups_cpu_runs_and_device_stages_with_decode_first_and_write_last():
@@ -119,14 +120,14 @@ def test_sigint_mid_run_finishes_samples_in_flight_then_stops():
     stop = StopSignals().install()
     try:
         written: list[int] = []
-        pipeline = Pipeline([DeviceSleep(0.01), CpuSleep(0.02)], load, lambda s: written.append(s.index),
-                            batch_size=2, num_workers=2, stop=stop)
         seen = []
-        for sample, future in pipeline.run(range(200)):
-            assert future.result() is None
-            seen.append(sample.index)
-            if len(seen) == 3:
-                os.kill(os.getpid(), signal.SIGINT)  # the handler only asks to stop
+        with Pipeline([DeviceSleep(0.01), CpuSleep(0.02)], load, lambda s: written.append(s.index),
+                      batch_size=2, num_workers=2, stop=stop) as pipeline:
+            for sample, future in pipeline.run(range(200)):
+                assert future.result() is None
+                seen.append(sample.index)
+                if len(seen) == 3:
+                    os.kill(os.getpid(), signal.SIGINT)  # the handler only asks to stop
     finally:
         stop.restore()
     assert stop.received == signal.SIGINT
@@ -157,13 +158,13 @@ def test_a_write_error_reaches_the_caller_for_that_sample_only():
             raise OSError(28, "No space left on device")
         return {"id": sample.id}
 
-    pipeline = Pipeline([CpuSleep()], load, write, batch_size=2, num_workers=2)
     outcomes = []
-    for sample, written in pipeline.run(range(5)):
-        try:
-            outcomes.append(written.result()["id"])
-        except OSError as err:
-            outcomes.append(err.strerror)
+    with Pipeline([CpuSleep()], load, write, batch_size=2, num_workers=2) as pipeline:
+        for sample, written in pipeline.run(range(5)):
+            try:
+                outcomes.append(written.result()["id"])
+            except OSError as err:
+                outcomes.append(err.strerror)
     assert outcomes == ["000000", "000001", "No space left on device", "000003", "000004"]
 
 
@@ -177,11 +178,11 @@ def test_samples_in_flight_stay_within_the_window():
             peak[0] = max(peak[0], len(in_flight))
         return load(index)
 
-    pipeline = Pipeline([DeviceSleep(0.002), CpuSleep(0.002)], counting_load, lambda s: None,
-                        batch_size=3, num_workers=2)
-    for sample, _ in pipeline.run(range(60)):
-        with lock:
-            in_flight.discard(sample.index)
+    with Pipeline([DeviceSleep(0.002), CpuSleep(0.002)], counting_load, lambda s: None,
+                  batch_size=3, num_workers=2) as pipeline:
+        for sample, _ in pipeline.run(range(60)):
+            with lock:
+                in_flight.discard(sample.index)
     assert pipeline.window == 2 * 2 + 3 * 3 and 3 <= peak[0] <= pipeline.window
 
 
@@ -228,3 +229,14 @@ def test_a_job_with_model_stages_sets_them_up_on_gpu_shard_mod_n(tmp_path, monke
     summary = runner.run()
     assert summary["done"] + summary["failed"] == 1  # input 5, the only one of shard 5 of 8
     assert devices == ["cuda:1"]
+
+
+def test_an_abort_does_not_wait_for_the_sample_in_a_worker():
+    """A second Ctrl-C (KeyboardInterrupt) leaves at once; the worker thread ends with the process."""
+    threading.Timer(0.5, _thread.interrupt_main).start()  # as a second Ctrl-C does
+    start = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        with Pipeline([CpuSleep(30.0)], load, lambda s: None, batch_size=1, num_workers=1) as pipeline:
+            for _ in pipeline.run(range(3)):
+                pass  # never reached: the sample sleeps for 30 s
+    assert time.perf_counter() - start < 20
