@@ -22,7 +22,7 @@ SMALLEST = {
     "scale": (["--count", "2", "--size", "64", "--repeats", "1", "--jobs", "1", "--writers", "webdataset"],
               "| webdataset |"),
     "cores": (["--count", "2", "--size", "64", "--repeats", "1", "--workers", "1"], "speed-up"),
-    "memory": (["--counts", "3", "--size", "32", "--csv-rows", "0"], "peak RSS"),
+    "memory": (["--counts", "3", "--size", "32", "--csv-rows", "0", "--folder-files", "0"], "peak RSS"),
     "shadow": (["--size", "64", "--repeats", "1"], "kernel 111 / kernel 31"),
     # Every model stage on tiny random architectures takes about a minute on 2 cores: --help here;
     # tests/test_models_*.py run the same model code paths.
