@@ -16,8 +16,8 @@ not depend on which worker ran it, when, or on ``num_workers``. Finished samples
 input order, on the main thread, where the runner commits them (tar/parquet order, logging).
 
 Threads, not processes: decoding, the stages' numpy/OpenCV work and OpenCV's encoders release the
-GIL, and threads share the samples (tens of MB each) without copying them between processes and
-the writers' and logger's state on the main thread. Measured on 2 cores: 2 workers make 1.7x
+GIL, and threads share the samples (tens of MB each) and the writers' state without copying
+anything between processes. Measured on 2 cores: 2 workers make 1.7x
 the images/s of 1 (``python -m synth.bench cores``). fpng holds the GIL while it encodes (about
 13% of a worker's time), which is what bounds the scaling on many cores.
 """
