@@ -180,6 +180,8 @@ def test_an_integer_range_draws_every_integer_in_it_inclusive():
         values = [param.sample(0, i) for i in range(400)]
         assert all(type(v) is int for v in values) and set(values) == {2, 3, 4, 5}
     assert {Param.number("k", [2.0, 5.0], 0, 10).sample(0, i) for i in range(50)} - {2, 3, 4, 5}  # floats stay floats
+    assert {Param.number("k", [2.0, 5.0], 0, 10, integer=True).sample(0, i) for i in range(100)} == {2, 3, 4, 5}
+    assert all(type(v) is float for v in (Param.number("k", [2, 5.5], 0, 10).sample(0, i) for i in range(50)))
 
 
 def test_an_odd_range_with_even_ends_draws_every_odd_value_inside():
