@@ -85,7 +85,7 @@ def disc_masks(tmp_path_factory):
 def test_zero_opacity_on_the_foreground_reproduces_the_input(disc_masks, tmp_path):
     run_dir = tmp_path / "run"
     run_synth(run_dir, "segmentation=mask_folder", f"segmentation.path={disc_masks}",
-              "shadow.base=foreground", "shadow.opacity=0")
+              "shadow.base=foreground", "shadow.opacity=0", "shadow.min_visibility=0")  # nothing to see, on purpose
     for i in range(len(sample_paths())):
         composite = rgb(run_dir / f"stage_3_5/{i:06d}_composite.png").astype(int)
         original = rgb(run_dir / f"outputs/{i:06d}_input.png").astype(int)
