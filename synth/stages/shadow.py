@@ -222,7 +222,7 @@ class HardShadow(Stage):
 
     ``base=albedo`` (the reference's choice) shadows the albedo, so the subject also loses its
     original light; ``base=foreground`` adds the shadow to the original subject (shadow-removal
-    pairs).
+    pairs). ``min_visibility`` / ``max_redraws``: see :class:`Floor`.
     """
 
     name = "shadow"
