@@ -74,6 +74,23 @@ def test_check_creatable_and_writable(tmp_path):
     with pytest.raises(OutputError, match=rf"^cannot write to {blocker}/run: "):
         check_writable(blocker / "run")
     assert list(tmp_path.glob(".synth-write-probe*")) == []
+    check_writable(tmp_path / "a" / "b")  # parents made; an existing directory is fine too
+    check_writable(tmp_path / "a" / "b")
+    assert (tmp_path / "a" / "b").is_dir()
+
+
+def test_a_location_where_no_file_can_be_written_is_one_line(tmp_path, monkeypatch):
+    """Root writes through chmod: a read-only filesystem is simulated on the probe file."""
+    from pathlib import Path
+
+    def read_only(self, data):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    for check in (check_creatable, check_writable):
+        with pytest.raises(OutputError) as err:
+            check(tmp_path / "run")
+        assert str(err.value) == f"cannot write to {tmp_path / 'run'}: Read-only file system"
 
 
 def test_printable_keeps_text_and_escapes_undecodable_bytes():
@@ -96,6 +113,19 @@ def test_first_signal_asks_to_stop_and_the_second_gets_the_previous_handler():
         stop.restore()
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_first_signal_says_what_happens_next(caplog):
+    previous = signal.getsignal(signal.SIGTERM)
+    stop = StopSignals().install()
+    try:
+        with caplog.at_level("WARNING", logger="synth"):
+            signal.raise_signal(signal.SIGTERM)
+    finally:
+        stop.restore()
+        signal.signal(signal.SIGTERM, previous)
+    assert caplog.messages == ["SIGTERM: finishing the samples in flight, then stopping; "
+                               "rerun the same command to resume"]
 
 
 def test_restore_puts_back_every_handler():
