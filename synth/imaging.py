@@ -146,15 +146,16 @@ def _fpng_or_warn() -> Any:
 
 
 def check_png_encoder(key: str, value: str) -> str:
-    """Validate a ``png_encoder`` setting before any image is read (ConfigError naming ``key``):
-    ``fpng`` must be importable; ``auto`` warns once now if it is not, and uses OpenCV."""
+    """Validate a ``png_encoder`` setting before any image is read (ConfigError naming ``key``)
+    and return the one to use: ``fpng`` must be importable; ``auto`` without fpng warns once, now,
+    and becomes ``cv2`` (so that worker processes do not look for fpng again, nor warn)."""
     if value not in PNG_ENCODERS:
         raise ConfigError(f"{key}={value}: choose from {', '.join(PNG_ENCODERS)}")
     if value == "fpng" and _import_fpng()[0] is None:
         raise ConfigError(f"{key}=fpng: the fpng package cannot be imported ({_import_fpng()[1]}); "
                           "pip install fpng, or use auto (falls back to OpenCV) or cv2")
-    if value == "auto":
-        _fpng_or_warn()
+    if value == "auto" and _fpng_or_warn() is None:
+        return "cv2"
     return value
 
 

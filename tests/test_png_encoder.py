@@ -163,6 +163,7 @@ def test_without_fpng_auto_warns_once_and_writes_the_same_files(no_fpng, tmp_pat
             writer.write(sample)
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "fpng cannot be imported" in warnings[0] and "\n" not in warnings[0]
+    assert [w.png_encoder for w in writers] == ["cv2", "cv2"]  # resolved once: worker processes never retry
     for name in ("stage_1/000000_foreground.png", "outputs/000000_input.png", "stage_1/000000_mask.png"):
         data = (tmp_path / "run0" / name).read_bytes()
         assert not by_fpng(data)

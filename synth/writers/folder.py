@@ -46,13 +46,14 @@ PARAMS_FILE = "stage_3/{id}_params.json"
 METADATA_FILE = "outputs/{id}_metadata.json"
 
 
-def check_image_settings(format: str, png_compress_level: int, quality: int, png_encoder: str = "auto") -> None:
-    """Validate the image settings every writer shares (messages name ``writer.<key>``)."""
+def check_image_settings(format: str, png_compress_level: int, quality: int, png_encoder: str = "auto") -> str:
+    """Validate the image settings every writer shares (messages name ``writer.<key>``); return
+    the PNG encoder to use (``check_png_encoder``)."""
     if format not in FORMATS:
         raise ConfigError(f"writer.format={format}: choose from {', '.join(FORMATS)}")
     setting("writer.png_compress_level", png_compress_level, 0, 9, integer=True)
     setting("writer.quality", quality, 1, 100, integer=True)
-    check_png_encoder("writer.png_encoder", png_encoder)
+    return check_png_encoder("writer.png_encoder", png_encoder)
 
 
 class FolderWriter:
@@ -67,9 +68,8 @@ class FolderWriter:
 
     def __init__(self, format: str = "png", png_compress_level: int = 1, quality: int = 95,
                  intermediates: bool = True, png_encoder: str = "auto"):
-        check_image_settings(format, png_compress_level, quality, png_encoder)
+        self.png_encoder = check_image_settings(format, png_compress_level, quality, png_encoder)
         self.format, self.png_compress_level, self.quality = format, int(png_compress_level), int(quality)
-        self.png_encoder = png_encoder
         self.intermediates = bool(intermediates)
         self.root: Path | None = None
 

@@ -69,10 +69,9 @@ class ShardedWriter:
 
     def __init__(self, path: str | None = None, format: str = "png", png_compress_level: int = 1,
                  quality: int = 95, png_encoder: str = "auto"):
-        check_image_settings(format, png_compress_level, quality, png_encoder)
+        self.png_encoder = check_image_settings(format, png_compress_level, quality, png_encoder)
         self.path = path
         self.format, self.png_compress_level, self.quality = format, int(png_compress_level), int(quality)
-        self.png_encoder = png_encoder
         self.root: Path | None = None  # the dataset: what a reader opens
         self.dir: Path | None = None  # its shards
         self.shard_index = 0
