@@ -118,18 +118,19 @@ def photo_digest(sample: Sample) -> str:
     return hashlib.sha256(sample.degraded.tobytes() + sample.shadow_matte.tobytes()).hexdigest()[:16]
 
 
-# Captured from the code before the floor existed (commit 002e660), with its defaults spelled out.
+# Captured from the code before the floor existed (commit 002e660), with its defaults spelled out
+# and only the families whose drawing this work left alone.
 OLD_HARD = dict(opacity=(0.3, 0.7))
 OLD_SOFT = dict(ambient=(0.6, 0.85), elevation=(10.0, 80.0), cast_chance=0.0)
 BEFORE_THE_FLOOR = {
-    "hard": ["ea5dfe51f7917720", "33fd7a492358b7a3", "e6052f4eb4befee5", "e64daca1199a013b"],
+    "hard": ["ea5dfe51f7917720", "d86bb54d73c46d75", "e6052f4eb4befee5", "190310e9dc054442"],
     "soft": ["ddbff2cf318ee993", "8645e19225a6d434", "a397f0afc8842d2d", "121e682deb910859"],
     "mix": ["0485332987955fbd", "40d01e2e6412fb0f", "da9b6ed1fc9e861e", "7dab399bd3972b4c"],
 }
 
 
 @pytest.mark.parametrize("kind, make", [
-    ("hard", lambda: HardShadow(base="foreground", patterns=["tree_foliage", "fence", "cloud", "geometric", "curtain"],
+    ("hard", lambda: HardShadow(base="foreground", patterns=["tree_foliage", "fence", "cloud", "geometric"],
                                 min_visibility=0, **OLD_HARD)),
     ("soft", lambda: SoftShading(base="foreground", min_visibility=0, **OLD_SOFT)),
     ("mix", lambda: Mix(HardShadow(base="foreground", key="shadow.hard", patterns=["cloud", "fence"], min_visibility=0,
