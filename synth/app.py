@@ -65,6 +65,7 @@ def build_runner(cfg: DictConfig, run_dir: Path) -> Runner:
         seed=cfg.seed,
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
+        workers=cfg.get("workers", "auto"),
         device=cfg.device,
         resume=cfg.resume,
         progress_every_s=cfg.get("progress_every_s", 30),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import itertools
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -22,6 +23,10 @@ MAX_FAILURE_ROWS = 1000  # the W&B failures table; the job keeps O(1) state per 
 MODE_ALIASES = {"run": "online", "dryrun": "offline"}  # older WANDB_MODE spellings
 
 
+def _no_sample(index: int) -> bool:
+    return False
+
+
 class NullLogger:
     """``logger=none``: logs nothing. Also the interface every logger implements."""
 
@@ -30,6 +35,11 @@ class NullLogger:
 
     def log_sample(self, sample: Sample, step: int) -> None:
         """Called for every finished sample, in completion order (decide here what to keep)."""
+
+    def image_indices(self) -> Callable[[int], bool]:
+        """Which samples' images ``log_sample`` needs, as a picklable test of the global index
+        (worker processes send a finished sample's images back only for those)."""
+        return _no_sample
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Throughput and timing metrics, called after every batch."""
@@ -104,6 +114,13 @@ class WandbLogger(NullLogger):
             self.run = wandb.init(**kwargs, mode=mode, dir=str(wandb_dir), config=config, reinit="finish_previous")
         self.mode_used = mode
 
+    def image_indices(self) -> Callable[[int], bool]:
+        """The samples whose images ``log_sample`` may log (by global index), as a picklable test:
+        worker processes send a finished sample's images back only for those."""
+        if self.run is None or not self.max_images:
+            return super().image_indices()
+        return functools.partial(_logged_index, self.num_shards, self.log_every_n)
+
     def log_sample(self, sample: Sample, step: int) -> None:
         if self.run is None:
             return
@@ -114,7 +131,7 @@ class WandbLogger(NullLogger):
         for stage, ms in sample.timings_ms.items():
             self.ms_sum[stage] = self.ms_sum.get(stage, 0.0) + ms
             self.ms_count[stage] = self.ms_count.get(stage, 0) + 1
-        if (sample.index // self.num_shards) % self.log_every_n or len(self.rows) >= self.max_images:
+        if not _logged_index(self.num_shards, self.log_every_n, sample.index) or len(self.rows) >= self.max_images:
             return
         images = self._images(sample)
         raw_input = images.pop("stage_1/input_raw", None)  # the table's plain input; history shows the overlay
@@ -229,6 +246,11 @@ class WandbLogger(NullLogger):
         if sample.caption is not None:
             out["stage_4/caption"] = wandb.Html(f"<p><b>{sid}</b>: {html.escape(sample.caption)}</p>")
         return out
+
+
+def _logged_index(num_shards: int, log_every_n: int, index: int) -> bool:
+    """Every ``log_every_n``-th sample of the shard (by position in the shard: index // num_shards)."""
+    return (index // num_shards) % log_every_n == 0
 
 
 def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -17,7 +18,7 @@ from synth.faults import (EXIT_CONFIG_ERROR, EXIT_OUTPUT_ERROR, StopSignals, as_
 from synth.files import atomic_write_json
 from synth.loggers import NullLogger
 from synth.progress import Progress
-from synth.schedule import Pipeline, worker_count
+from synth.schedule import Pipeline, worker_count, worker_kind
 from synth.rundir import (JsonlLog, RunLock, TimingStats, check_manifest, read_jsonl, repair_torn_tail, rewrite_jsonl,
                           shard_file)
 from synth.sample import Sample
@@ -48,6 +49,43 @@ def _write_failed(sample: Sample, err: Exception) -> None:
     sample.fail("write", err)
 
 
+class SampleWriter:
+    """Writes one finished sample with every writer that lacks it, in a worker thread or process
+    (it pickles: the writers, opened, and which of them has which sample, go to each worker
+    process once). Each image is encoded once for all the writers.
+
+    Returns ``(record, rows)``: the sample's record (the first record-returning writer's: the
+    folder's, with its files) and, per writer, what an ordered writer's ``write`` returned for its
+    ``commit`` on the main thread (None for the others)."""
+
+    def __init__(self, writers: Sequence[Any], has: Sequence[bytearray]):
+        self.writers, self.has = list(writers), list(has)
+
+    def __call__(self, sample: Sample) -> tuple[dict[str, Any], list[Any]]:
+        start = time.perf_counter()
+        images = EncodedImages(sample)
+        record: dict[str, Any] | None = None
+        rows: list[Any] = [None] * len(self.writers)
+        done: list[Any] = []
+        try:
+            for k, (has, writer) in enumerate(zip(self.has, self.writers)):
+                if has[sample.index]:
+                    continue  # resumed for another writer: this one has it already
+                written = writer.write(sample, images)
+                done.append(writer)
+                if hasattr(writer, "commit"):
+                    rows[k] = written
+                else:
+                    record = record or written
+        except BaseException:
+            for writer in done:  # a failed sample leaves no files, whichever writer failed
+                if hasattr(writer, "discard"):
+                    writer.discard(sample.id)
+            raise
+        sample.timings_ms["write"] = 1000.0 * (time.perf_counter() - start)
+        return record or sample_record(sample, {}), rows
+
+
 class Runner:
     """One job: this shard's samples through ``stages``, then to every writer and the logger.
 
@@ -60,9 +98,10 @@ class Runner:
     def __init__(self, source: ImageFolder, stages: Sequence[Stage], writers: Sequence[Any],
                  logger: Any = None, run_dir: str | Path = ".", seed: int = 0, batch_size: int = 4,
                  num_workers: int | str = "auto", device: str = "auto", resume: bool = True,
-                 progress_every_s: float = 30.0, max_failure_rate: float = 0.1):
+                 progress_every_s: float = 30.0, max_failure_rate: float = 0.1, workers: str = "auto"):
         self.batch_size = setting("batch_size", batch_size, 1, integer=True)
         self.num_workers = worker_count(num_workers)
+        self.workers = worker_kind(workers, self.num_workers)  # threads | processes
         self.seed = check_seed(seed)
         self.progress_every_s = setting("progress_every_s", progress_every_s, 0.0)
         check_chain(stages)
@@ -130,43 +169,24 @@ class Runner:
             rewrite_jsonl(self.samples_path, (r for n, r in enumerate(read_jsonl(self.samples_path)) if n not in dropped))
 
     # -- per sample -----------------------------------------------------------------------------
-    def _write(self, sample: Sample) -> dict[str, Any]:
-        """Every writer that lacks the sample, in a worker thread; each image is encoded once
-        for all of them. Returns the sample's record (the folder writer's, with its files)."""
-        start = time.perf_counter()
-        images = EncodedImages(sample)
-        record: dict[str, Any] | None = None
-        done: list[Any] = []
-        try:
-            for has, writer in zip(self._has, self.writers):
-                if has[sample.index]:
-                    continue  # resumed for another writer: this one has it already
-                written = writer.write(sample, images)
-                done.append(writer)
-                record = record or written  # the first writer's record (the folder's has file paths)
-        except BaseException:
-            for writer in done:  # a failed sample leaves no files, whichever writer failed
-                if hasattr(writer, "discard"):
-                    writer.discard(sample.id)
-            raise
-        sample.timings_ms["write"] = 1000.0 * (time.perf_counter() - start)
-        return record or sample_record(sample, {})
+    def _logged_images(self) -> Any:
+        """The logger's test for the samples whose images it logs (None: it logs none)."""
+        image_indices = getattr(self.logger, "image_indices", None)
+        return image_indices() if image_indices else None
 
-    def _commit(self, sample: Sample, record: dict[str, Any] | None, step: int) -> None:
+    def _commit(self, sample: Sample, written: tuple[dict[str, Any], list[Any]] | None, step: int) -> None:
         """Everything that happens to a finished sample, on the main thread in input order:
-        ordered writers (tar, parquet) append it, its record goes to samples.jsonl (or, failed,
-        its files go and its reason goes to failures.jsonl), the statistics and the logger."""
+        ordered writers (tar, parquet) append the rows their ``write`` made for it, its record
+        goes to samples.jsonl (or, failed, its files go and its reason goes to failures.jsonl),
+        the statistics and the logger."""
+        record, rows = written or (None, [])
         if sample.ok and record is not None:
             try:
-                for writer in self.writers:
-                    if hasattr(writer, "commit"):
-                        writer.commit(sample)
+                for writer, row in zip(self.writers, rows):
+                    if row is not None:
+                        writer.commit(sample, row)
             except Exception as err:  # noqa: BLE001
                 _write_failed(sample, err)
-        else:
-            for writer in self.writers:  # drop what an ordered writer encoded for it
-                if hasattr(writer, "commit"):
-                    writer.commit(sample)
         if sample.ok:
             if not self._recorded[sample.index]:
                 self._samples_log.write(record)
@@ -228,17 +248,18 @@ class Runner:
             processing = time.perf_counter()  # throughput excludes model loading and logger start-up
             todo = (self.source.item(index) for index in shard if not self._complete(index))
             with Progress(todo_count, self.progress_every_s) as progress, \
-                    Pipeline(self.stages, lambda item: self.source.load(item, self.seed), self._write,
-                             self.batch_size, self.num_workers, stop) as pipeline:
-                for sample, written in pipeline.run(todo):  # finished samples, in input order
-                    record = None
-                    if written is not None:
+                    Pipeline(self.stages, functools.partial(self.source.load, seed=self.seed),
+                             SampleWriter(self.writers, self._has), self.batch_size, self.num_workers, stop,
+                             workers=self.workers, keep_images=self._logged_images()) as pipeline:
+                for sample, future in pipeline.run(todo):  # finished samples, in input order
+                    written = None
+                    if future is not None:
                         try:
-                            record = written.result()
+                            written = future.result()
                         except Exception as err:  # noqa: BLE001
                             _write_failed(sample, err)
                     done = self._done + self._failed + 1
-                    self._commit(sample, record, done)
+                    self._commit(sample, written, done)
                     progress.update(sample.ok)
                     if done % self.batch_size == 0 or done == todo_count:
                         elapsed = time.perf_counter() - processing

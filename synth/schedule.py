@@ -15,21 +15,30 @@ and every random draw depends on the seed and the sample's index only, so a samp
 not depend on which worker ran it, when, or on ``num_workers``. Finished samples come back in
 input order, on the main thread, where the runner commits them (tar/parquet order, logging).
 
-Threads, not processes: decoding, the stages' numpy/OpenCV work and OpenCV's encoders release the
-GIL, and threads share the samples (tens of MB each) and the writers' state without copying
-anything between processes. Measured on 2 cores: 2 workers make 1.7x
-the images/s of 1 (``python -m synth.bench cores``). fpng holds the GIL while it encodes (about
-13% of a worker's time), which is what bounds the scaling on many cores.
+Workers are threads or processes (``workers``, see :func:`worker_kind`). Threads share the
+samples and the writers' state without copying, and decoding, OpenCV and its encoders release the
+GIL; but fpng holds the GIL while it encodes and much numpy/Python glue serialises, so on 16
+cores threads reached about 6 images/s on the weight-free job, no more than on 2. Processes
+(:class:`ProcessWorkers`) run the same segment code in worker processes that get the CPU stages,
+the loader and the writers once, when they start; per task only the item (or the sample, between
+device segments) goes out, and after the last segment only the sample's small fields (its images
+too where the logger wants them) and the writers' results come back.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import logging
+import logging.handlers
+import multiprocessing
 import os
+import pickle
+import signal
+import sys
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -54,6 +63,25 @@ def worker_count(value: Any) -> int:
     if isinstance(value, str):
         raise ConfigError(f"num_workers={value}: use auto (every usable core) or a positive integer")
     return setting("num_workers", value, 1, integer=True)
+
+
+WORKER_KINDS = ("auto", "threads", "processes")
+# workers=auto picks processes from this many workers on: below it, threads were as fast (2 cores,
+# ``python -m synth.bench pipeline --workers threads,processes``) and start at once.
+PROCESSES_FROM = 4
+
+
+def worker_kind(value: Any, num_workers: int) -> str:
+    """``workers``: threads, processes, or auto (processes from PROCESSES_FROM workers on)."""
+    if value not in WORKER_KINDS:
+        raise ConfigError(f"workers={value}: use auto, threads or processes")
+    if value == "auto":
+        return "processes" if num_workers >= PROCESSES_FROM else "threads"
+    return value
+
+
+def _no_images(index: int) -> bool:
+    return False
 
 
 def run_stage(stage: Stage, batch: list[Sample]) -> None:
@@ -167,6 +195,103 @@ class _Slot:
     written: bool = False  # handed to ``write`` (not failed before it)
 
 
+def run_segment(slot: _Slot, stages: Sequence[Stage], last: bool, load: Callable, write: Callable) -> Any:
+    """One CPU segment for one sample (in a worker thread, or in a worker process): decode first
+    when the sample has none yet, the stages, and ``write`` after the last segment."""
+    if slot.sample is None:
+        slot.sample = load(slot.item)
+    for stage in stages:
+        run_stage(stage, [slot.sample])
+    if last and slot.sample.ok:
+        slot.written = True
+        return write(slot.sample)
+    return None
+
+
+# Sample fields that hold images: what a finished sample need not bring back from a worker process.
+IMAGE_FIELDS = ("image", "alpha", "mask", "foreground", "background", "albedo", "shading", "residual",
+                "degraded", "shadow_matte", "composite")
+_WORKER: dict[str, Any] = {}  # in a worker process: what _init_worker received
+
+
+def _init_worker(segments: dict[int, list[Stage]], last: int, load: Callable, write: Callable,
+                 keep_images: Callable[[int], bool], log_queue: Any, log_level: int) -> None:
+    """A worker process starts: it ignores SIGINT/SIGTERM (the main process decides when to stop,
+    and lets the samples in flight finish) and sends its log records to the main process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    root = logging.getLogger()
+    root.handlers = [logging.handlers.QueueHandler(log_queue)]
+    root.setLevel(log_level)
+    _WORKER.update(segments=segments, last=last, load=load, write=write, keep_images=keep_images)
+
+
+def _run_in_worker(step: int, payload: Any) -> tuple[Sample | None, bool, Any, BaseException | None]:
+    """A task in a worker process: (sample, written, write's result, the error it raised)."""
+    w = _WORKER
+    slot = _Slot(-1, payload) if step == 0 else _Slot(-1, None, sample=payload)
+    result = error = None
+    try:
+        result = run_segment(slot, w["segments"][step], step == w["last"], w["load"], w["write"])
+    except Exception as err:  # noqa: BLE001 - raised again by the pool, in the main process
+        error = err
+        try:
+            pickle.dumps(err)
+        except Exception:  # noqa: BLE001 - an exception that cannot cross: its message does
+            error = RuntimeError(f"{type(err).__name__}: {err}")
+    if step == w["last"] and slot.sample is not None and not w["keep_images"](slot.sample.index):
+        for name in IMAGE_FIELDS:  # written already: only the record and the logger's samples go back
+            setattr(slot.sample, name, None)
+    return slot.sample, slot.written, result, error
+
+
+class _ToLoggers:
+    """Hands a worker process's log record to the main process's logger of the same name."""
+
+    def handle(self, record: logging.LogRecord) -> None:
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
+
+
+class ProcessWorkers:
+    """``num_workers`` worker processes behind the thread pool's priority queue: each of
+    ``num_workers`` threads hands its task to a process and waits (releasing the GIL), so tasks
+    start in the same priority order as with threads. The processes are started by "forkserver"
+    (fresh, so a CUDA context of the main process is never inherited; workers never touch the
+    device) and get the CPU segments' stages, ``load`` and ``write`` once."""
+
+    def __init__(self, num_workers: int, segments: dict[int, list[Stage]], last: int, load: Callable,
+                 write: Callable, keep_images: Callable[[int], bool]):
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        context = multiprocessing.get_context(method)
+        if method == "forkserver":  # what this job imported (its stages, writers...): once in the server, not per worker
+            context.set_forkserver_preload(sorted(m for m in sys.modules if m.split(".")[0] == "synth"))
+        self._log_queue = context.Queue()
+        self._listener = logging.handlers.QueueListener(self._log_queue, _ToLoggers())
+        self._listener.start()
+        level = logging.getLogger("synth").getEffectiveLevel()
+        self.executor = ProcessPoolExecutor(num_workers, mp_context=context, initializer=_init_worker,
+                                            initargs=(segments, last, load, write, keep_images, self._log_queue, level))
+
+    def run(self, slot: _Slot, step: int) -> Any:
+        """In a dispatching thread: the segment in a worker process; the slot gets its results."""
+        payload = slot.item if step == 0 else slot.sample
+        sample, written, result, error = self.executor.submit(_run_in_worker, step, payload).result()
+        slot.sample, slot.written = sample, written
+        if error is not None:
+            raise error
+        return result
+
+    def shutdown(self, wait: bool = True) -> None:
+        if not wait:  # a second Ctrl-C: the samples in the workers are abandoned
+            for process in list(getattr(self.executor, "_processes", {}).values()):
+                process.terminate()
+        self.executor.shutdown(wait=wait, cancel_futures=True)
+        self._listener.stop()
+        self._log_queue.close()
+
+
 class Pipeline:
     """Runs ``load`` -> ``stages`` -> ``write`` over items; see the module docstring. Use it as a
     context manager around :meth:`run`: leaving it waits for the tasks still running in the workers
@@ -178,9 +303,14 @@ class Pipeline:
     starting new samples: those not yet begun are dropped, those in flight finish."""
 
     def __init__(self, stages: Sequence[Stage], load: Callable[[Any], Sample], write: Callable[[Sample], Any],
-                 batch_size: int, num_workers: int, stop: Any = None, window: int | None = None):
+                 batch_size: int, num_workers: int, stop: Any = None, window: int | None = None,
+                 workers: str = "threads", keep_images: Callable[[int], bool] | None = None):
         self.segments = plan(stages)
         self.load, self.write, self.stop = load, write, stop
+        # workers="processes": ``load``, ``write``, ``keep_images`` and the CPU stages must pickle;
+        # keep_images(index): whether a finished sample's images come back (the logger's samples)
+        self.workers, self.keep_images = worker_kind(workers, num_workers), keep_images or _no_images
+        self._processes: ProcessWorkers | None = None
         self.batch_size, self.num_workers = batch_size, num_workers
         on_device = any(s.on_device for s in self.segments)
         # A device batch must fit with the next one being decoded and the previous one being
@@ -190,22 +320,26 @@ class Pipeline:
         self._pool: WorkerPool | None = None
 
     def __enter__(self) -> "Pipeline":
+        if self.workers == "processes":
+            cpu = {k: s.stages for k, s in enumerate(self.segments) if not s.on_device}
+            self._processes = ProcessWorkers(self.num_workers, cpu, len(self.segments) - 1, self.load, self.write,
+                                             self.keep_images)
         self._pool = WorkerPool(self.num_workers)
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        self._pool.shutdown(wait=not (exc_type is not None and issubclass(exc_type, KeyboardInterrupt)))
+        wait = not (exc_type is not None and issubclass(exc_type, KeyboardInterrupt))
+        try:
+            self._pool.shutdown(wait=wait)
+        finally:
+            if self._processes is not None:
+                self._processes.shutdown(wait=wait)
 
     # -- tasks for the workers ---------------------------------------------------------------------
     def _run_cpu(self, slot: _Slot, step: int) -> Any:
-        if step == 0:
-            slot.sample = self.load(slot.item)
-        for stage in self.segments[step].stages:
-            run_stage(stage, [slot.sample])
-        if step == len(self.segments) - 1 and slot.sample.ok:
-            slot.written = True
-            return self.write(slot.sample)
-        return None
+        if self._processes is not None:
+            return self._processes.run(slot, step)
+        return run_segment(slot, self.segments[step].stages, step == len(self.segments) - 1, self.load, self.write)
 
     def _submit(self, slot: _Slot, step: int) -> None:
         slot.step = step

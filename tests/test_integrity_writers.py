@@ -56,12 +56,13 @@ def test_a_row_that_cannot_be_stored_fails_its_own_sample_only(tmp_path):
     samples = [make_sample(index=i, size=32) for i in range(3)]
     samples[1].seed = 2**70  # does not fit the int64 column (the runner refuses such seeds itself)
     for sample in samples:
+        row = None
         try:
-            writer.write(sample)
+            row = writer.write(sample)
         except SampleError as err:
             assert sample is samples[1] and "cannot be stored in parquet" in str(err)
             sample.fail("write", err)
-        writer.commit(sample)
+        writer.commit(sample, row)
     writer.close()
     assert parquet_ids(tmp_path / "hf" / "data") == ["000000", "000002"]
 
@@ -102,16 +103,14 @@ def test_run_directory_removed_or_disk_full_at_close_is_an_output_error(tmp_path
     writer = writer_class()
     writer.open(tmp_path / "run")
     sample = make_sample(size=32)
-    writer.write(sample)
-    writer.commit(sample)
+    writer.commit(sample, writer.write(sample))
     shutil.rmtree(tmp_path / "run")  # removed while the job runs
     with pytest.raises(OutputError, match="cannot write"):
         writer.close()
 
     writer = writer_class()
     writer.open(tmp_path / "run2")
-    writer.write(sample)
-    writer.commit(sample)
+    writer.commit(sample, writer.write(sample))
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -135,8 +134,7 @@ def test_temporary_shards_carry_the_pid_and_open_removes_only_dead_ones(tmp_path
     writer.open(tmp_path)
     assert live.exists() and not dead.exists() and not own.exists()
     sample = make_sample(size=32)
-    writer.write(sample)
-    writer.commit(sample)
+    writer.commit(sample, writer.write(sample))
     if writer_class is HFDatasetWriter:
         writer._flush()  # parquet buffers a row group before it opens the file
     temps = [p.name for p in writer.dir.glob(".*.tmp") if p != live]

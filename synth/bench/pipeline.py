@@ -136,15 +136,21 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="runs; the median is reported")
     parser.add_argument("--baseline-count", type=int, default=2, help="images for the reference baseline (0 skips)")
     parser.add_argument("--encoders", default="cv2,auto", help="writer.png_encoder values to compare, comma-separated")
+    parser.add_argument("--workers", default="auto",
+                        help="`workers` values (threads, processes, auto) to compare, comma-separated")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args(argv)
-    encoders = args.encoders.split(",")
+    # one variant per png_encoder (and per workers value when several are compared): "auto" or "auto/processes"
+    kinds = args.workers.split(",")
+    variants = {f"{e}/{k}" if len(kinds) > 1 else e: [f"writer.png_encoder={e}", f"workers={k}"]
+                for e in args.encoders.split(",") for k in kinds}
+    encoders = list(variants)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         base = masked_job(tmp, args.count, args.size, args.overrides)
         print(f"synth pipeline benchmark: {args.count} images of {args.size}x{args.size}, "
-              f"masks given, all artifacts written, {args.repeats} runs per PNG encoder")
+              f"masks given, all artifacts written, {args.repeats} runs per PNG encoder and workers value")
         rates: dict[str, list[float]] = {e: [] for e in encoders}
         write_ms: dict[str, list[float]] = {e: [] for e in encoders}
         cpu_s: dict[str, list[float]] = {e: [] for e in encoders}
@@ -152,13 +158,15 @@ def main(argv: list[str]) -> None:
         stage_ms: dict[str, list[float]] = {}
         # CPU per image is what a busy shared machine distorts least; a one-image job per encoder
         # measures the start-up CPU to take off (images/s follows it where the job keeps all cores busy).
-        startup = {e: job_cpu_s(tmp / f"startup-{e}", [*base, "data.limit=1", f"writer.png_encoder={e}"])[1]
+        # Worker processes are the forkserver's children, not the job's: their CPU is not counted (shown as nan).
+        startup = {e: job_cpu_s(tmp / f"startup-{e.replace('/', '-')}", [*base, "data.limit=1", *variants[e]])[1]
                    for e in encoders}
         for r in range(args.repeats):
             for encoder in encoders:  # interleaved, so that load changes on the machine hit both alike
-                run_dir = tmp / f"run-{encoder}-{r}"
-                summary, cpu = job_cpu_s(run_dir, [*base, f"writer.png_encoder={encoder}"])
-                cpu_s[encoder].append((cpu - startup[encoder]) / max(1, summary["done"] - 1))
+                run_dir = tmp / f"run-{encoder.replace('/', '-')}-{r}"
+                summary, cpu = job_cpu_s(run_dir, [*base, *variants[encoder]])
+                counted = "workers=processes" not in variants[encoder]
+                cpu_s[encoder].append((cpu - startup[encoder]) / max(1, summary["done"] - 1) if counted else float("nan"))
                 rates[encoder].append(summary["images_per_s"])
                 write_ms[encoder].append(summary["stage_ms"]["write"]["median"])
                 sizes[encoder] = bytes_on_disk(run_dir) // max(1, summary["done"])
@@ -166,11 +174,11 @@ def main(argv: list[str]) -> None:
                     if stage != "write" and encoder == encoders[-1]:
                         stage_ms.setdefault(stage, []).append(ms["median"])
                 shutil.rmtree(run_dir)  # 24 samples at 1024 px are about 200 MB
-                print(f"  run {r + 1} png_encoder={encoder}: {summary['images_per_s']:.2f} images/s")
-        print(f"{'png_encoder':<12} {'images/s':>9} {'(runs)':>13} {'write ms/image':>15} {'CPU s/image':>12} "
+                print(f"  run {r + 1} {' '.join(variants[encoder])}: {summary['images_per_s']:.2f} images/s")
+        print(f"{'variant':<16} {'images/s':>9} {'(runs)':>13} {'write ms/image':>15} {'CPU s/image':>12} "
               f"{'MB/sample':>10}")
         for e in encoders:
-            print(f"{e:<12} {statistics.median(rates[e]):>9.2f} {min(rates[e]):>6.2f}-{max(rates[e]):<6.2f} "
+            print(f"{e:<16} {statistics.median(rates[e]):>9.2f} {min(rates[e]):>6.2f}-{max(rates[e]):<6.2f} "
                   f"{statistics.median(write_ms[e]):>15.0f} {statistics.median(cpu_s[e]):>12.2f} {sizes[e] / 1e6:>10.2f}")
         first, last = encoders[0], encoders[-1]
         rate = statistics.median(rates[last])

@@ -6,10 +6,11 @@ The interface (the runner calls it):
 * ``open(run_dir, resume=..., shard_index=...)`` once, before the first sample;
 * ``is_complete(id) -> bool``: the writer already has this sample (resume skips a sample only
   when every writer has it, and passes a resumed sample only to the writers that lack it);
-* ``write(sample, images) -> record | None`` from worker threads, one sample per call;
+* ``write(sample, images)`` from worker threads or processes, one sample per call; returns the
+  sample's record (or None), or, for a writer with ``commit``, the row that ``commit`` appends;
   ``images`` (``EncodedImages``) encodes each image once for all writers of the job;
-* ``commit(sample)`` (optional) on the runner's thread in input order, for every written
-  sample, failed or not: writers whose output order matters append here;
+* ``commit(sample, row)`` (optional) on the runner's thread in input order, for every sample
+  written and still ok, with what ``write`` returned: writers whose output order matters append here;
 * ``has(record)`` (optional): whether the sample of a samples.jsonl record is complete on disk
   (the folder writer; resume then checks records instead of asking ``is_complete`` per id);
 * ``discard(id)`` (optional): remove every file of a sample (a failed sample leaves none);

@@ -11,9 +11,9 @@ A shard that cannot be read on resume (truncated, garbage, a directory of that n
 as ``{name}.corrupt`` with one warning and its samples are written again. Failures of the output
 location (not writable, disk full, removed) are ``OutputError``: the job stops with one line.
 
-``write`` runs in worker threads and only encodes (through the shared ``EncodedImages``);
-``commit`` runs on the runner's thread in input order and appends, so a job's shards have
-the same content and order every time.
+``write`` runs in worker threads or processes and only encodes (through the shared
+``EncodedImages``) and returns the row; ``commit`` gets that row on the runner's thread in input
+order and appends it, so a job's shards have the same content and order every time.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -77,8 +76,6 @@ class ShardedWriter:
         self.shard_index = 0
         self.next_seq = 0
         self.complete: set[str] = set()
-        self._pending: dict[str, Any] = {}  # encoded in a worker thread, waiting for commit
-        self._lock = threading.Lock()
 
     # -- names ----------------------------------------------------------------------------------
     def shard_name(self, seq: int) -> str:
@@ -144,19 +141,21 @@ class ShardedWriter:
                     self.complete.update(self._readable_ids(shard))
         self.next_seq = max(self._own_shards(), default=-1) + 1
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What a worker process gets (it only encodes rows): not the ids of every complete sample."""
+        return dict(self.__dict__, complete=set())
+
     def is_complete(self, sample_id: str) -> bool:
         return sample_id in self.complete
 
-    def write(self, sample: Sample, images: EncodedImages | None = None) -> None:
+    def write(self, sample: Sample, images: EncodedImages | None = None) -> Any:
+        """The sample's encoded row (in a worker thread or process), for ``commit``."""
         if "." in sample.id:  # webdataset splits a file name into key and field at the first dot
             raise ValueError(f"sample id {sample.id!r} contains a dot")
-        row = self._row(sample, images or EncodedImages(sample))
-        with self._lock:
-            self._pending[sample.id] = row
+        return self._row(sample, images or EncodedImages(sample))
 
-    def commit(self, sample: Sample) -> None:
-        with self._lock:
-            row = self._pending.pop(sample.id, None)
+    def commit(self, sample: Sample, row: Any) -> None:
+        """Append ``row`` (what ``write`` returned for the sample), on the runner's thread in input order."""
         if row is not None and sample.ok:
             with output_errors():
                 self._append(sample, row)

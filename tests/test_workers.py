@@ -1,0 +1,141 @@
+"""``workers=processes``: the CPU segments in worker processes give the same job as threads.
+
+Byte-identical outputs (folder, tar, parquet) threads vs processes, with and without a device
+segment between CPU segments; a stage that raises in a worker process fails only its sample;
+Ctrl-C (SIGINT to the whole process group) finishes the samples in flight and exits 130; the
+images of a finished sample come back only for the samples the logger logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synth.errors import ConfigError
+from synth.sample import Sample
+from synth.schedule import Pipeline, worker_kind
+from synth.stages.albedo import Retinex
+from tests.scale_helpers import make_inputs, result_files
+from tests.test_schedule import runner_for
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class FailsOnTwo(Retinex):
+    """Retinex albedo that raises for the sample of index 2 (in whichever worker runs it)."""
+
+    def process_sample(self, sample: Sample) -> None:
+        if sample.index == 2:
+            raise ValueError("bad pixels in a worker process")
+        super().process_sample(sample)
+
+
+def test_outputs_are_byte_identical_with_threads_and_processes(tmp_path):
+    inputs = make_inputs(tmp_path / "in", 6)
+    runs = {}
+    for kind, on_device in [("threads", ()), ("processes", ()), ("processes", ("segmentation",))]:
+        run_dir = tmp_path / f"run-{kind}-{len(on_device)}"
+        summary = runner_for(inputs, run_dir, f"workers={kind}", "num_workers=2", "batch_size=2",
+                             "writers=[webdataset,hf]", "max_failure_rate=1.0", on_device=on_device).run()
+        assert summary["done"] >= 4 and summary["done"] + summary["failed"] == 6  # one input has no subject
+        assert set(summary["stage_ms"]) >= {"segmentation", "albedo", "shadow", "write"}  # timings came back
+        runs[run_dir] = summary
+    reference, *others = runs
+    shards = sorted(p.relative_to(reference) for p in reference.rglob("*") if p.suffix in (".tar", ".parquet"))
+    assert len(shards) == 2
+    expected = result_files(reference)
+    for run_dir in others:
+        actual = result_files(run_dir)
+        assert sorted(actual) == sorted(expected)
+        assert [rel for rel in expected if same_result(actual[rel]) != same_result(expected[rel])] == []
+        for name in shards:
+            assert (run_dir / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+def same_result(path: Path) -> object:
+    """A file's bytes; a per-sample record without wall-clock timings (nor its own size, which
+    the timings' digits change)."""
+    if path.suffix != ".json":
+        return path.read_bytes()
+    record = json.loads(path.read_text())
+    record.pop("timings_ms", None)
+    record["files"] = [f for f in record.get("files", []) if not f["path"].endswith("_metadata.json")]
+    return record
+
+
+def test_a_stage_that_raises_in_a_worker_process_fails_only_its_sample(tmp_path):
+    inputs = make_inputs(tmp_path / "in", 3)
+    run_dir = tmp_path / "run"
+    summary = runner_for(inputs, run_dir, "workers=processes", "num_workers=2",
+                         "albedo._target_=tests.test_workers.FailsOnTwo", "max_failure_rate=1.0").run()
+    assert summary["done"] == 2 and summary["failed"] == 1
+    assert summary["failures"][0]["stage"] == "albedo" and "bad pixels in a worker process" in summary["failures"][0]["error"]
+    assert not list(run_dir.rglob("000002_*"))  # the failed sample left no files
+    assert len(list((run_dir / "outputs").glob("*_metadata.json"))) == 2
+
+
+def test_workers_is_validated_and_auto_picks_processes_on_many_cores():
+    with pytest.raises(ConfigError, match=r"^workers=fork: use auto, threads or processes"):
+        worker_kind("fork", 4)
+    assert worker_kind("auto", 2) == "threads" and worker_kind("auto", 16) == "processes"
+    assert worker_kind("threads", 16) == "threads" and worker_kind("processes", 1) == "processes"
+
+
+def load_item(index: int) -> Sample:
+    sample = Sample(index=index, id=f"{index:06d}", source=str(index), seed=0)
+    sample.image = np.full((4, 4, 3), index, np.uint8)
+    return sample
+
+
+def write_nothing(sample: Sample) -> dict:
+    return {"index": sample.index, "pid": os.getpid()}
+
+
+def logged(index: int) -> bool:
+    return index % 3 == 0
+
+
+def test_a_finished_sample_brings_its_images_back_only_when_the_logger_logs_it():
+    with Pipeline([], load_item, write_nothing, batch_size=1, num_workers=2, workers="processes",
+                  keep_images=logged) as pipeline:
+        results = [(sample, written.result()) for sample, written in pipeline.run(range(7))]
+    assert [s.index for s, _ in results] == list(range(7))  # in input order
+    assert [s.image is not None for s, _ in results] == [logged(i) for i in range(7)]
+    assert all(record["pid"] != os.getpid() for _, record in results)  # written in worker processes
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_worker_processes_finishes_the_samples_in_flight_and_exits_130(tmp_path):
+    """SIGINT to the whole process group, as Ctrl-C in a terminal sends it: the workers ignore it,
+    the main process lets the samples in flight finish, writes the run files and exits 130."""
+    make_inputs(tmp_path / "in", 20)
+    mark, run_dir = tmp_path / "in-flight", tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "PYTHONUNBUFFERED": "1",
+           "SYNTH_TEST_MARK": str(mark), "SYNTH_TEST_SLEEP": "0.5"}
+    cmd = [sys.executable, "-m", "synth", f"hydra.run.dir={run_dir}", "logger=none", "data=folder",
+           f"data.path={tmp_path / 'in'}", "batch_size=1", "num_workers=2", "workers=processes",
+           "captioning._target_=guarantee_stages.Sleepy"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not mark.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no sample started"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    summary = json.loads((run_dir / "metadata.json").read_text())
+    assert summary["exit_reason"].startswith("interrupted by SIGINT")
+    assert 1 <= summary["done"] < 20 and summary["failed"] == 0  # in flight: finished, not failed
+    assert len(list((run_dir / "outputs").glob("*_metadata.json"))) == summary["done"]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp") or ".tmp." in p.name]
