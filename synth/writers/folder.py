@@ -92,17 +92,17 @@ class FolderWriter:
         return isinstance(record, dict) and record.get("image_id") == sample_id and self.has(record)
 
     def has(self, record: dict[str, Any]) -> bool:
-        """Whether the sample of ``record`` (a line of samples.jsonl) is on disk complete: its
-        ``{id}_metadata.json`` holds exactly this record and every file in ``files`` has its
-        recorded size. One stat per file, no image read; safe to call from worker threads."""
+        """Whether the sample of ``record`` (a line of samples.jsonl) is on disk complete: every
+        file in its ``files``, ``{id}_metadata.json`` included, has its recorded size. One stat
+        per file, nothing read or encoded; safe to call from worker threads."""
         files = record.get("files")
         sample_id = record.get("image_id")
         if not isinstance(files, list) or not isinstance(sample_id, str):
             return False
+        root, metadata = str(self.root), self.metadata_path(sample_id).relative_to(self.root).as_posix()
         try:
-            expected = [(f["path"], f["bytes"]) for f in files]
-            expected.append((self.metadata_path(sample_id).relative_to(self.root).as_posix(), len(metadata_bytes(record))))
-            return all(os.stat(self.root / rel).st_size == size for rel, size in expected)
+            return (any(f["path"] == metadata for f in files)
+                    and all(os.stat(os.path.join(root, f["path"])).st_size == f["bytes"] for f in files))
         except (OSError, ValueError, TypeError, KeyError):
             return False
 
@@ -154,11 +154,17 @@ class FolderWriter:
             sizes[params.relative_to(self.root).as_posix()] = params.stat().st_size
 
         record = sample_record(sample, files)
-        # Every file but this one, with its size: what makes the sample complete. A list of
-        # {path, bytes}, not a dict keyed by path, so that tables (pandas, datasets) get 2 columns.
+        # Every file with its size, what makes the sample complete: a list of {path, bytes} (not a
+        # dict keyed by path, so that tables get two columns). It lists this metadata file too, at
+        # the size of the text that holds that very number: found in two or three tries, since
+        # only the number's digit count can change it. Resume then needs stats only.
         record["files"] = [{"path": path, "bytes": size} for path, size in sizes.items()]
-        record = json.loads(metadata_bytes(record))  # as stored: what samples.jsonl and has() compare
-        atomic_write_json(self.metadata_path(sid), record)  # last; its bytes are metadata_bytes(record)
+        record = json.loads(metadata_bytes(record))  # plain JSON types, as stored
+        own = {"path": self.metadata_path(sid).relative_to(self.root).as_posix(), "bytes": 0}
+        record["files"].append(own)
+        while own["bytes"] != (size := len(metadata_bytes(record))):
+            own["bytes"] = size
+        atomic_write_json(self.metadata_path(sid), record)  # last, as metadata_bytes(record)
         return record
 
     def close(self) -> None:
