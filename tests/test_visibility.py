@@ -208,3 +208,12 @@ def test_a_job_fails_an_invisible_sample_with_the_reason_and_writes_nothing_for_
     (failure,) = [json.loads(x) for x in (tmp_path / "failures.jsonl").read_text().splitlines()]
     assert failure["stage"] == "shadow" and "degradation not visible" in failure["error"]
     assert not [p for p in tmp_path.rglob("000000_*") if p.is_file()]
+
+
+def test_the_visibility_report_counts_first_draws_redraws_and_failures():
+    """``python -m synth.bench shadow --visibility``'s rows, on a setting that can never pass."""
+    from synth.bench.shadow import visibility_rows
+
+    rows = visibility_rows(["shadow.opacity=0.05", "shadow.max_redraws=1"], seeds=1, only=["cloud"])
+    assert rows == {"cloud": {"samples": 4, "first": 0.0, "redraws": 1.0, "failed": 4, "shadowed": 0.0,
+                              "change": 0.0}}
