@@ -7,8 +7,10 @@
 # Steps, the short ones first, each under `timeout` and inside a total budget (GPU_CHECK_BUDGET_S,
 # default 500 s), so a hang or failure costs only that step and the next still runs:
 #   models    python -m synth.bench models: sam3, sam (vit_b), blip at batch 32 (peak GPU memory per row)
-#   pipeline  python -m synth.bench pipeline: the weight-free job, masks given, every core (num_workers default)
-#   e2e       python -m synth.bench e2e --segmentation sam3 --captioning blip at 1024 px, 256 photos, batch 32
+#   pipeline  python -m synth.bench pipeline: the weight-free job, masks given, every core (num_workers default),
+#             workers=threads and workers=processes interleaved
+#   e2e       python -m synth.bench e2e --segmentation sam3 --captioning blip at 1024 px, 96 photos, batch 32,
+#             one job with workers=threads and one with workers=processes over the same models
 #   marigold  the marigold rows of the models bench, when the bench has them
 # Output: $OUT/*.txt (one file per step, plus summary.txt with each step's exit status and key lines).
 # The device image lacks hydra-core, omegaconf, segment-anything, ...: the lead puts their wheels in .whl/.
@@ -47,7 +49,7 @@ step() {
         note "FAIL $name: exit $rc; last lines:"
         tail -n 5 "$OUT/$name.txt" | sed 's/^/       /' | tee -a "$SUMMARY"
     fi
-    grep -E '^(\||job:|models-only|  [a-z_0-9]+ alone:|  per-stage|png_encoder|[a-z0-9]+ vs |[a-z0-9]+ +[0-9.]+ )' "$OUT/$name.txt" \
+    grep -E '^(\||job:|models-only|  [a-z_0-9]+ alone:|  per-stage|png_encoder|variant|[a-z0-9/]+ vs |[a-z0-9/]+ +[0-9.]+ )' "$OUT/$name.txt" \
         | sed 's/^/       /' | tee -a "$SUMMARY"
 }
 
@@ -55,9 +57,9 @@ WORK=$(mktemp -d /tmp/gpu_check_work.XXXX)  # outside the repo, so the installed
 if [ $TINY -eq 1 ]; then
     PY=${PYTHON:-$REPO/.venv/bin/python}
     note "gpu_check --tiny: CPU, tiny models, $PY"
-    E2E=(--tiny --count 3 --repeats 1)
+    E2E=(--tiny --count 3 --repeats 1 --workers threads,processes)
     MODELS=(--tiny --batch-sizes 2 --repeats 1 --size 256)
-    PIPELINE=(--count 4 --size 256 --repeats 1 --baseline-count 0 --encoders auto)
+    PIPELINE=(--count 4 --size 256 --repeats 1 --baseline-count 0 --encoders auto --workers threads,processes)
 else
     PY=${PYTHON:-python3}
     {
@@ -81,13 +83,13 @@ else
     fi
     (cd "$WORK" && "$PY" -c "import synth.conf, hydra, segment_anything") >>"$OUT/install.txt" 2>&1 \
         || note "FAIL install: synth.conf, hydra or segment_anything not importable"
-    E2E=(--count 256 --size 1024 --batch-size 32)
+    E2E=(--count 96 --size 1024 --batch-size 32 --workers threads,processes)
     MODELS=(--batch-sizes 32 --repeats 2 --size 1024)
-    PIPELINE=(--count 128 --size 1024 --repeats 2 --baseline-count 0 --encoders auto)
+    PIPELINE=(--count 48 --size 1024 --repeats 2 --baseline-count 0 --encoders auto --workers threads,processes)
 fi
 
 step models 150 "$PY" -m synth.bench models --stages sam3,sam,blip "${MODELS[@]}"
-step pipeline 100 "$PY" -m synth.bench pipeline "${PIPELINE[@]}"
+step pipeline 120 "$PY" -m synth.bench pipeline "${PIPELINE[@]}"
 step e2e 300 "$PY" -m synth.bench e2e --segmentation sam3 --captioning blip "${E2E[@]}"
 if "$PY" -c "import sys, synth.bench.models as m; sys.exit('marigold_iid' not in m.STAGES)" 2>/dev/null; then
     step marigold 120 "$PY" -m synth.bench models --stages marigold_iid,marigold_normals "${MODELS[@]}"

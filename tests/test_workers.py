@@ -23,7 +23,7 @@ from synth.errors import ConfigError
 from synth.sample import Sample
 from synth.schedule import Pipeline, worker_kind
 from synth.stages.albedo import Retinex
-from tests.scale_helpers import make_inputs, result_files
+from tests.scale_helpers import assert_same_results, make_inputs, result_files
 from tests.test_schedule import runner_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,24 +51,10 @@ def test_outputs_are_byte_identical_with_threads_and_processes(tmp_path):
     reference, *others = runs
     shards = sorted(p.relative_to(reference) for p in reference.rglob("*") if p.suffix in (".tar", ".parquet"))
     assert len(shards) == 2
-    expected = result_files(reference)
     for run_dir in others:
-        actual = result_files(run_dir)
-        assert sorted(actual) == sorted(expected)
-        assert [rel for rel in expected if same_result(actual[rel]) != same_result(expected[rel])] == []
+        assert_same_results(result_files(run_dir), result_files(reference))
         for name in shards:
             assert (run_dir / name).read_bytes() == (reference / name).read_bytes(), name
-
-
-def same_result(path: Path) -> object:
-    """A file's bytes; a per-sample record without wall-clock timings (nor its own size, which
-    the timings' digits change)."""
-    if path.suffix != ".json":
-        return path.read_bytes()
-    record = json.loads(path.read_text())
-    record.pop("timings_ms", None)
-    record["files"] = [f for f in record.get("files", []) if not f["path"].endswith("_metadata.json")]
-    return record
 
 
 def test_a_stage_that_raises_in_a_worker_process_fails_only_its_sample(tmp_path):

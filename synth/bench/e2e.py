@@ -77,6 +77,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--sam-model-type", default="vit_h", choices=("vit_b", "vit_l", "vit_h"))
     parser.add_argument("--tiny", action="store_true", help="tiny architectures on the CPU: checks the harness")
+    parser.add_argument("--workers", default="auto", help="the job's `workers` (threads, processes, auto); "
+                        "comma-separated: one job each, over the same models and photos")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for the job, e.g. num_workers=12")
     args = parser.parse_args(argv)
     count = args.count or (6 if args.tiny else 256)
@@ -123,16 +125,16 @@ def main(argv: list[str]) -> None:
             overrides += ["segmentation=mask_folder", f"segmentation.path={masks_dir}"]
         if args.captioning == "template":
             overrides.append("captioning=template")
-        summary = time_run(tmp / "run", [*overrides, *args.overrides])
-
-    rate = summary["images_per_s"] or 0.0
-    print(f"job: {rate:.2f} images/s ({summary['done']} done, {summary['failed']} failed, "
-          f"{summary['processing_s']:.1f} s after model loading)")
-    print("  per-stage ms per image (median): "
-          + ", ".join(f"{k} {v['median']:.1f}" for k, v in summary["stage_ms"].items()))
-    if bound_s:
-        bound = 1.0 / bound_s
-        print(f"models-only bound: {bound:.2f} images/s; job reached {rate / bound:.0%} of it")
-    else:
-        print("models-only bound: none (no model stage)")
-    sys.stdout.flush()
+        for kind in args.workers.split(","):
+            summary = time_run(tmp / f"run-{kind}", [*overrides, f"workers={kind}", *args.overrides])
+            rate = summary["images_per_s"] or 0.0
+            print(f"job: {rate:.2f} images/s ({summary['done']} done, {summary['failed']} failed, "
+                  f"{summary['processing_s']:.1f} s after model loading), workers={kind}")
+            print("  per-stage ms per image (median): "
+                  + ", ".join(f"{k} {v['median']:.1f}" for k, v in summary["stage_ms"].items()))
+            if bound_s:
+                bound = 1.0 / bound_s
+                print(f"models-only bound: {bound:.2f} images/s; job reached {rate / bound:.0%} of it")
+            else:
+                print("models-only bound: none (no model stage)")
+            sys.stdout.flush()
