@@ -284,9 +284,9 @@ class ProcessWorkers:
         return result
 
     def shutdown(self, wait: bool = True) -> None:
-        if not wait:  # a second Ctrl-C: the samples in the workers are abandoned
-            for process in list(getattr(self.executor, "_processes", {}).values()):
-                process.terminate()
+        if not wait:  # a second Ctrl-C: the samples in the workers are abandoned (SIGKILL: they ignore SIGTERM)
+            for process in list((getattr(self.executor, "_processes", None) or {}).values()):
+                process.kill()
         self.executor.shutdown(wait=wait, cancel_futures=True)
         self._listener.stop()
         self._log_queue.close()

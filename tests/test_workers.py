@@ -98,14 +98,13 @@ def test_a_finished_sample_brings_its_images_back_only_when_the_logger_logs_it()
     assert all(record["pid"] != os.getpid() for _, record in results)  # written in worker processes
 
 
-@pytest.mark.slow
-def test_ctrl_c_with_worker_processes_finishes_the_samples_in_flight_and_exits_130(tmp_path):
-    """SIGINT to the whole process group, as Ctrl-C in a terminal sends it: the workers ignore it,
-    the main process lets the samples in flight finish, writes the run files and exits 130."""
-    make_inputs(tmp_path / "in", 20)
+def start_job_with_processes(tmp_path: Path, count: int, sleep_s: float) -> tuple[subprocess.Popen, Path]:
+    """A workers=processes job in its own process group whose captioning sleeps ``sleep_s`` per
+    sample; returns once a sample is in flight."""
+    make_inputs(tmp_path / "in", count)
     mark, run_dir = tmp_path / "in-flight", tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "PYTHONUNBUFFERED": "1",
-           "SYNTH_TEST_MARK": str(mark), "SYNTH_TEST_SLEEP": "0.5"}
+           "SYNTH_TEST_MARK": str(mark), "SYNTH_TEST_SLEEP": str(sleep_s)}
     cmd = [sys.executable, "-m", "synth", f"hydra.run.dir={run_dir}", "logger=none", "data=folder",
            f"data.path={tmp_path / 'in'}", "batch_size=1", "num_workers=2", "workers=processes",
            "captioning._target_=guarantee_stages.Sleepy"]
@@ -116,6 +115,14 @@ def test_ctrl_c_with_worker_processes_finishes_the_samples_in_flight_and_exits_1
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "no sample started"
         time.sleep(0.05)
+    return proc, run_dir
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_worker_processes_finishes_the_samples_in_flight_and_exits_130(tmp_path):
+    """SIGINT to the whole process group, as Ctrl-C in a terminal sends it: the workers ignore it,
+    the main process lets the samples in flight finish, writes the run files and exits 130."""
+    proc, run_dir = start_job_with_processes(tmp_path, 20, 0.5)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
@@ -125,3 +132,16 @@ def test_ctrl_c_with_worker_processes_finishes_the_samples_in_flight_and_exits_1
     assert len(list((run_dir / "outputs").glob("*_metadata.json"))) == summary["done"]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp") or ".tmp." in p.name]
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_with_worker_processes_aborts_without_waiting_for_them(tmp_path):
+    """The samples in the workers would take 10 minutes (and the workers ignore SIGTERM): only an
+    abort that kills them ends the job, and the pipes it shares with them, within the timeout."""
+    proc, run_dir = start_job_with_processes(tmp_path, 3, 600)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.5)  # the first handler has run (it restores the default one)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert not list((run_dir / "outputs").glob("*_metadata.json"))
