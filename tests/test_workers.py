@@ -9,6 +9,7 @@ images of a finished sample come back only for the samples the logger logs.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -87,6 +88,20 @@ def write_nothing(sample: Sample) -> dict:
 
 def logged(index: int) -> bool:
     return index % 3 == 0
+
+
+def load_and_warn(index: int) -> Sample:
+    logging.getLogger("synth").warning("input %d: odd EXIF orientation, ignored", index)
+    return load_item(index)
+
+
+def test_log_records_of_worker_processes_reach_the_main_process_log(caplog):
+    with caplog.at_level(logging.INFO, logger="synth"):
+        with Pipeline([], load_and_warn, write_nothing, batch_size=1, num_workers=2, workers="processes") as pipeline:
+            assert len(list(pipeline.run(range(3)))) == 3
+    messages = sorted(r.getMessage() for r in caplog.records if r.name == "synth")
+    assert messages == [f"input {i}: odd EXIF orientation, ignored" for i in range(3)]
+    assert all(r.process != os.getpid() for r in caplog.records if r.name == "synth")
 
 
 def test_a_finished_sample_brings_its_images_back_only_when_the_logger_logs_it():
