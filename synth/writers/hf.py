@@ -6,7 +6,7 @@ then ``mask``, ``parameters`` (every drawn value, as JSON), ``degradation_type``
 ``index``, ``source`` and ``seed``. Shards are ``data/train-{data.shard_index:04d}-{seq:06d}.parquet``
 (the ``train`` split) and appear only when complete.
 
-Each row is converted to Arrow as its sample is written (in a worker thread), so a row that
+Each row is converted to Arrow as its sample is written (in a worker), so a row that
 Arrow cannot store fails its own sample there, with the reason, and never the shard it would
 have gone into. Non-UTF-8 file names are stored as escaped text.
 """

@@ -58,7 +58,7 @@ def process_alive(pid: int) -> bool:
 
 class ShardedWriter:
     """Base class: subclasses set ``default_dir``, ``prefix``, ``suffix`` and implement
-    ``_row(sample, images)`` (worker thread), ``_append(sample, row)`` and ``_finish_shard()``,
+    ``_row(sample, images)`` (in a worker), ``_append(sample, row)`` and ``_finish_shard()``,
     and ``_ids_in(path)`` (the sample ids a complete shard holds)."""
 
     default_dir = "dataset"  # under the run directory when ``path`` is null
