@@ -24,6 +24,9 @@ SMALLEST = {
     "cores": (["--count", "2", "--size", "64", "--repeats", "1", "--workers", "1"], "speed-up"),
     "memory": (["--counts", "3", "--size", "32", "--csv-rows", "0", "--folder-files", "0"], "peak RSS"),
     "shadow": (["--size", "64", "--repeats", "1"], "kernel 111 / kernel 31"),
+    # The whole job without model stages (so no bound); the model stages are the models benchmark's.
+    "e2e": (["--tiny", "--segmentation", "mask_folder", "--captioning", "template", "--count", "2", "--size", "64",
+             "--batch-size", "1", "--repeats", "1"], "job: "),
     # Every model stage on tiny random architectures takes about a minute on 2 cores: --help here;
     # tests/test_models_*.py run the same model code paths.
     "models": (["--help"], "--tiny"),
