@@ -53,8 +53,16 @@ def photo_folder(workdir: Path, count: int, size: int) -> tuple[Path, Path]:
 
 def save_weights(stage: Any, name: str) -> None:
     """Write the stage's random weights beside its config and processor, as a checkpoint is."""
-    if name != "sam":  # SAM's random .pth state dict is already written
-        stage.model.save_pretrained(stage.source)
+    if name == "sam":  # its random .pth state dict is already written
+        return
+    if name == "vlm":  # random weights may keep choosing a newline or a special token: no text, a failed sample
+        from synth.bench.models import QWEN_SPECIALS
+
+        tokenizer, size = stage.processor.tokenizer, stage.model.config.get_text_config().vocab_size
+        candidates = [*range(256), *range(min(QWEN_SPECIALS.values()), size)]  # the byte tokens, the specials, unused ids
+        stage.model.generation_config.suppress_tokens = [
+            i for i in candidates if not tokenizer.decode([i], skip_special_tokens=True).strip()]
+    stage.model.save_pretrained(stage.source)
 
 
 def stage_overrides(name: str, stage: Any, group: str) -> list[str]:
