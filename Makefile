@@ -17,6 +17,8 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) -m synth $(ARGS)
 
+# The suite on every core (pytest-xdist; every test works in its own tmp_path). PYTEST_ARGS='-n 0': serial.
+PYTEST_ARGS ?= -n auto
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
