@@ -183,9 +183,10 @@ def main(argv: list[str]) -> None:
         first, last = encoders[0], encoders[-1]
         rate = statistics.median(rates[last])
         if last != first:
+            cpu_ratio = statistics.median(cpu_s[first]) / statistics.median(cpu_s[last])
             print(f"{last} vs {first}: {rate / statistics.median(rates[first]):.2f}x images/s, "
-                  f"{statistics.median(cpu_s[first]) / statistics.median(cpu_s[last]):.2f}x less CPU per image, "
-                  f"{sizes[last] / sizes[first]:.2f}x size")
+                  + ("" if cpu_ratio != cpu_ratio else f"{cpu_ratio:.2f}x less CPU per image, ")  # nan: processes
+                  + f"{sizes[last] / sizes[first]:.2f}x size")
         print(f"  per-image ms of the other stages (median, png_encoder={last}): "
               + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in stage_ms.items()))
         if args.baseline_count:
