@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from synth.decode import Limits, decode
+from synth.decode import Limits, decode, formats_for
 from synth.errors import ConfigError, SampleError
 from synth.faults import printable
 from synth.files import atomic_write
@@ -62,7 +62,8 @@ class ImageFolder:
         limit = setting("data.limit", limit, 0, integer=True, optional=True)
         self.extensions = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
         self.recursive, self.num_shards, self.shard_index, self.limit = recursive, num_shards, shard_index, limit
-        self.limits = Limits(min_side=min_side, max_side=max_side, max_pixels=max_pixels)  # validates
+        self.limits = Limits(min_side=min_side, max_side=max_side, max_pixels=max_pixels,  # validates
+                             formats=formats_for(self.extensions))  # a file opens only as a format it may have
         self.skip_dirs: set[str] = set()  # the run directory: never listed as input (see skip())
         self._paths: list[str] | None = None
         self._id_width: int | None = None

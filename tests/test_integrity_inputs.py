@@ -48,6 +48,19 @@ def test_allowed_formats_are_those_of_the_extensions(tmp_path):
         decode(tmp_path / "photo.png", Limits(formats=formats_for([".png"])))
 
 
+def test_data_extensions_set_the_allowed_formats(tmp_path):
+    """A GIF is refused by default and decoded once `.gif` is among data.extensions."""
+    from synth.data import ImageFolder
+    Image.fromarray(gradient()).convert("P").save(tmp_path / "anim.gif")
+    default = ImageFolder(path=str(tmp_path), extensions=[".gif", ".png"][1:])
+    assert "GIF" not in default.limits.formats
+    with_gif = ImageFolder(path=str(tmp_path), extensions=[".gif"])
+    assert with_gif.limits.formats == ("GIF",)
+    item = with_gif.item(0)
+    assert with_gif.load(item, 0).ok
+    assert not default.load(item, 0).ok
+
+
 # --- progressive JPEG with thousands of scans (item 10) ------------------------------------------
 def segments(data: bytes) -> list[tuple[int, int, int]]:
     """(marker, start, end) of each segment of a JPEG written by Pillow (scans include their data)."""
