@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -282,9 +283,12 @@ class Runner:
             summary = self._summary(len(shard), skipped, now - started, now - processing, exit_code, config)
             summary["exit_reason"] = exit_reason
             try:
-                self._write_run_files(summary)
+                closing = self._close_writers(summary, finished)  # first: closing can fail (disk full)
+                self._write_run_files(summary)  # so metadata.json's exit_code is the process's
+                if closing is not None and sys.exc_info()[1] is None:  # else the first error propagates
+                    raise closing
             finally:
-                self._close(summary, finished)
+                self.logger.finish(summary, summary["exit_code"])  # every job's end, even a failed one
         return summary
 
     def _write_run_files(self, summary: dict[str, Any]) -> None:
@@ -322,17 +326,23 @@ class Runner:
 
         self.source.write_outputs(self.run_dir, output_of)
 
-    def _close(self, summary: dict[str, Any], finished: bool) -> None:
+    def _close_writers(self, summary: dict[str, Any], finished: bool) -> OutputError | None:
         """Close the writers (a job that did not finish tells them first: tar/parquet drop their
-        partial shard), then finish the logger even if one of them fails, so that the logger
-        hears the end of every job (a W&B run left open would look still running)."""
+        partial shard). An output error while closing is recorded in the summary and returned,
+        to be raised once metadata.json says so."""
         try:
             for writer in self.writers:
                 if not finished and hasattr(writer, "stopped"):
                     writer.stopped()
                 writer.close()
-        finally:
-            self.logger.finish(summary, summary["exit_code"])
+        except (OSError, OutputError) as err:
+            output_error = as_output_error(err)
+            if output_error is None:
+                raise
+            if summary["exit_code"] != EXIT_OUTPUT_ERROR:  # an earlier output error is the one to report
+                summary["exit_code"], summary["exit_reason"] = EXIT_OUTPUT_ERROR, str(output_error)
+            return output_error
+        return None
 
     def _summary(self, total, skipped, elapsed, processing_s, exit_code, config) -> dict[str, Any]:
         """The bounded run summary (metadata.json): its size does not grow with the samples."""

@@ -141,6 +141,23 @@ def test_exit_3_for_an_output_error_agrees_with_metadata(tmp_path):
     assert summary["exit_code"] == 3
 
 
+def test_an_output_error_while_closing_a_writer_is_in_metadata(tmp_path, monkeypatch):
+    """Catches: metadata.json written before the writers close, so a disk that fills while the
+    last parquet shard is written exits 3 while metadata.json says 0."""
+    from synth.errors import OutputError
+    from synth.writers.hf import HFDatasetWriter
+
+    def disk_full(self):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "dataset"))
+
+    monkeypatch.setattr(HFDatasetWriter, "close", disk_full)
+    with pytest.raises(OutputError, match="No space left"):
+        run_job(photos(tmp_path / "in", 1), tmp_path / "run", "writers=[hf]")
+    summary = read_summary(tmp_path / "run")
+    assert (summary["exit_code"], summary["done"]) == (3, 1)
+    assert "No space left" in summary["exit_reason"]
+
+
 @pytest.mark.slow
 def test_exit_2_for_a_config_error_at_stage_setup_agrees_with_metadata(tmp_path):
     photos(tmp_path / "in", 1)
