@@ -59,6 +59,7 @@ if [ $TINY -eq 1 ]; then
     note "gpu_check --tiny: CPU, tiny models, $PY"
     E2E=(--tiny --count 3 --repeats 1 --workers threads,processes)
     MODELS=(--tiny --batch-sizes 2 --repeats 1 --size 256)
+    MARIGOLD=("${MODELS[@]}")
     PIPELINE=(--count 4 --size 256 --repeats 1 --baseline-count 0 --encoders auto --workers threads,processes)
 else
     PY=${PYTHON:-python3}
@@ -85,14 +86,15 @@ else
         || note "FAIL install: synth.conf, hydra or segment_anything not importable"
     E2E=(--count 96 --size 1024 --batch-size 32 --workers threads,processes)
     MODELS=(--batch-sizes 32 --repeats 2 --size 1024)
+    MARIGOLD=(--batch-sizes 1,8 --repeats 2 --size 1024)  # the issue asks for batch 1 and 8
     PIPELINE=(--count 48 --size 1024 --repeats 2 --baseline-count 0 --encoders auto --workers threads,processes)
 fi
 
-step models 150 "$PY" -m synth.bench models --stages sam3,sam,blip "${MODELS[@]}"
-step pipeline 120 "$PY" -m synth.bench pipeline "${PIPELINE[@]}"
-step e2e 300 "$PY" -m synth.bench e2e --segmentation sam3 --captioning blip "${E2E[@]}"
+step e2e 240 "$PY" -m synth.bench e2e --segmentation sam3 --captioning blip "${E2E[@]}"
+step pipeline 100 "$PY" -m synth.bench pipeline "${PIPELINE[@]}"
+step models 120 "$PY" -m synth.bench models --stages sam3,sam,blip "${MODELS[@]}"
 if "$PY" -c "import sys, synth.bench.models as m; sys.exit('marigold_iid' not in m.STAGES)" 2>/dev/null; then
-    step marigold 120 "$PY" -m synth.bench models --stages marigold_iid,marigold_normals "${MODELS[@]}"
+    step marigold 100 "$PY" -m synth.bench models --stages marigold_iid,marigold_normals "${MARIGOLD[@]}"
 else
     note "SKIP marigold: the models bench has no marigold rows"
 fi
