@@ -129,6 +129,8 @@ def main(argv: list[str]) -> None:
                 torch.cuda.empty_cache()  # the job gets the whole device
         images_dir, masks_dir = photo_folder(tmp, count, size)
         overrides.append(f"data.path={images_dir}")
+        if args.tiny and args.segmentation != "mask_folder":  # a tiny random model often marks no subject
+            overrides.append("segmentation.fallback=grabcut")  # (refused since issue 16): keep samples flowing
         if args.segmentation == "mask_folder":
             overrides += ["segmentation=mask_folder", f"segmentation.path={masks_dir}"]
         if args.captioning == "template":
