@@ -30,7 +30,6 @@ SMALLEST = {
     # Every model stage on tiny random architectures takes about a minute on 2 cores: --help here;
     # tests/test_models_*.py run the same model code paths.
     "models": (["--help"], "--tiny"),
-    "e2e": (["--help"], "--tiny"),  # tests/test_bench_e2e.py runs its --tiny job for real
 }
 
 
