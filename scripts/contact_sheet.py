@@ -64,8 +64,13 @@ def tile(sample: Sample, stage, label: str, index: int) -> np.ndarray:
         label += f" ({seen['shadowed']:.0%})" if seen["shadowed"] >= 0.05 else f" (change {seen['change']:.0%})"
     else:
         image = s.image if label == "original" else s.albedo
+    return labelled(image, label)
+
+
+def labelled(image: np.ndarray, label: str, size: int = TILE) -> np.ndarray:
+    """``image`` shrunk to ``size`` px on its long side, under a white bar with ``label``."""
     h, w = image.shape[:2]
-    f = TILE / max(h, w)
+    f = size / max(h, w)
     small = cv2.resize(image, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
     bar = np.full((18, small.shape[1], 3), 255, np.uint8)
     cv2.putText(bar, label, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)

@@ -28,6 +28,8 @@ from synth.stages.recombine import AlphaComposite
 from synth.stages.segmentation import GrabCut
 from synth.stages.shadow import SoftShading
 
+from contact_sheet import labelled  # scripts/ is on sys.path when a script runs
+
 TILE = 220  # px, long side of each tile
 LIGHTS = {"light from the left": 160.0, "light from the right": 20.0}
 
@@ -54,12 +56,7 @@ def relit(sample: Sample, azimuth: float) -> np.ndarray:
 
 
 def tile(image: np.ndarray, label: str) -> np.ndarray:
-    h, w = image.shape[:2]
-    f = TILE / max(h, w)
-    small = cv2.resize(image, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
-    bar = np.full((18, small.shape[1], 3), 255, np.uint8)
-    cv2.putText(bar, label, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
-    return np.pad(np.vstack([bar, small]), ((2, 2), (2, 2), (0, 0)), constant_values=255)
+    return labelled(image, label, TILE)
 
 
 def main(argv: list[str] | None = None) -> Path:
