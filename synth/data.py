@@ -91,6 +91,11 @@ class ImageFolder:
         """This shard's global indices, in order (no per-item objects for other shards)."""
         return range(self.shard_index, self.total, self.num_shards)
 
+    def __getstate__(self) -> dict:
+        """Worker processes get the source only to decode items (``load``): the listing, which
+        grows with the input, stays in the main process."""
+        return {**self.__dict__, "_paths": None}
+
     def id_of(self, index: int) -> str:
         if self._id_width is None:  # zero-padded to at least 6 digits, the same for every id of the listing
             self._id_width = max(6, len(str(max(self.total - 1, 0))))

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -160,3 +161,21 @@ def test_a_second_ctrl_c_with_worker_processes_aborts_without_waiting_for_them(t
     proc.communicate(timeout=60)
     assert proc.returncode != 0
     assert not list((run_dir / "outputs").glob("*_metadata.json"))
+
+
+def test_worker_processes_get_the_source_without_its_listing(tmp_path):
+    """A million-path listing is not copied into every worker process: the pickled source decodes
+    an item as the original does, without its path list."""
+    import pickle
+
+    from synth.data import ImageFolder
+
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"p{i}.png"), np.full((24, 32, 3), 40 * i, np.uint8))
+    source = ImageFolder(path=str(tmp_path))
+    item = source.item(2)
+    blob = pickle.dumps(source)
+    assert b"p1.png" not in blob
+    copy = pickle.loads(blob)
+    assert np.array_equal(copy.load(item, 0).image, source.load(item, 0).image)
+    assert source.paths == ["p0.png", "p1.png", "p2.png"]  # the original keeps its listing
