@@ -16,7 +16,7 @@ from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from synth.errors import ConfigError, OutputError
+from synth.errors import ConfigError, OutputError, WorkerLost
 from synth.faults import EXIT_OUTPUT_ERROR, check_creatable, printable
 from synth.runner import STAGE_GROUPS, Runner
 
@@ -105,6 +105,9 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as err:  # found in a stage's setup(), e.g. gated or missing model weights
         print(f"error: {printable(str(err))}", file=sys.stderr)
         raise SystemExit(2) from None
+    except WorkerLost as err:  # e.g. the OOM killer took a worker process
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     _print_summary(format_summary(summary))
     if summary["exit_code"]:
         raise SystemExit(summary["exit_code"])

@@ -15,5 +15,9 @@ class SampleError(RuntimeError):
     """One sample cannot be processed; the run records it and goes on."""
 
 
+class WorkerLost(RuntimeError):
+    """A worker process died (killed by the system, e.g. out of memory): the run stops, one line."""
+
+
 class OutputError(RuntimeError):
     """The run directory cannot be written (not writable, disk full): the run stops, one line."""

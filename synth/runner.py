@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 
 from synth.params import check_seed, setting
 from synth.data import ImageFolder
-from synth.errors import ConfigError, OutputError
+from synth.errors import ConfigError, OutputError, WorkerLost
 from synth.faults import (EXIT_CONFIG_ERROR, EXIT_OUTPUT_ERROR, StopSignals, as_output_error,
                           check_max_failure_rate, check_writable, exit_status, printable)
 from synth.files import atomic_write_json
@@ -274,6 +274,9 @@ class Runner:
             raise
         except OutputError as err:
             exit_code, exit_reason = EXIT_OUTPUT_ERROR, str(err)
+            raise
+        except WorkerLost as err:
+            exit_code, exit_reason = 1, str(err)
             raise
         finally:
             stop.restore()

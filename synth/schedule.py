@@ -42,10 +42,11 @@ import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from synth.errors import ConfigError
+from synth.errors import ConfigError, WorkerLost
 from synth.params import setting
 from synth.sample import Sample
 from synth.stages.base import Stage
@@ -281,7 +282,11 @@ class ProcessWorkers:
     def run(self, slot: _Slot, step: int) -> Any:
         """In a dispatching thread: the segment in a worker process; the slot gets its results."""
         payload = slot.item if step == 0 else slot.sample
-        sample, written, result, error = self.executor.submit(_run_in_worker, step, payload).result()
+        try:
+            sample, written, result, error = self.executor.submit(_run_in_worker, step, payload).result()
+        except BrokenProcessPool:  # the pool cannot go on: stop with one line, the rerun resumes
+            raise WorkerLost("a worker process died (killed by the system: out of memory?); lower num_workers "
+                             "or use workers=threads, then rerun the same command to resume") from None
         slot.sample, slot.written = sample, written
         if error is not None:
             raise error

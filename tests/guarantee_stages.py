@@ -24,3 +24,12 @@ class Sleepy(TemplateCaption):
         Path(os.environ["SYNTH_TEST_MARK"]).touch()
         time.sleep(float(os.environ["SYNTH_TEST_SLEEP"]))
         super().process_sample(sample)
+
+
+class KillsItsWorker(TemplateCaption):
+    """Like the OOM killer: SIGKILLs the worker process that captions the sample of index 1."""
+
+    def process_sample(self, sample) -> None:
+        if sample.index == 1:
+            os.kill(os.getpid(), 9)
+        super().process_sample(sample)

@@ -167,6 +167,19 @@ def test_exit_2_for_a_config_error_at_stage_setup_agrees_with_metadata(tmp_path)
     assert summary["exit_code"] == 2
 
 
+@pytest.mark.slow
+def test_a_worker_process_killed_by_the_system_stops_the_job_in_one_line(tmp_path):
+    """The OOM killer takes a worker process: exit 1 with one line (no traceback), metadata.json
+    says so, and the samples committed before it stay complete."""
+    photos(tmp_path / "in", 4)
+    proc, summary = job(tmp_path, "workers=processes", "num_workers=2", "batch_size=1",
+                        "captioning._target_=guarantee_stages.KillsItsWorker")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: a worker process died"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert summary["exit_code"] == 1 and summary["exit_reason"].startswith("a worker process died")
+
+
 def start_sleepy_job(tmp_path: Path, count: int, sleep_s: float) -> tuple[subprocess.Popen, Path]:
     """A job whose captioning sleeps ``sleep_s`` per sample; returns once a sample is in flight."""
     photos(tmp_path / "in", count, h=32, w=40)
