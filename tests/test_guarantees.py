@@ -180,16 +180,18 @@ def test_a_worker_process_killed_by_the_system_stops_the_job_in_one_line(tmp_pat
     assert summary["exit_code"] == 1 and summary["exit_reason"].startswith("a worker process died")
 
 
-def start_sleepy_job(tmp_path: Path, count: int, sleep_s: float) -> tuple[subprocess.Popen, Path]:
-    """A job whose captioning sleeps ``sleep_s`` per sample; returns once a sample is in flight."""
+def start_sleepy_job(tmp_path: Path, count: int, sleep_s: float, workers: tuple[str, ...] = ("num_workers=1",),
+                     new_session: bool = False) -> tuple[subprocess.Popen, Path]:
+    """A job whose captioning sleeps ``sleep_s`` per sample (``workers``: its worker overrides;
+    ``new_session``: in its own process group); returns once a sample is in flight."""
     photos(tmp_path / "in", count, h=32, w=40)
     mark, run_dir = tmp_path / "in-flight", tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "PYTHONUNBUFFERED": "1",
            "SYNTH_TEST_MARK": str(mark), "SYNTH_TEST_SLEEP": str(sleep_s)}
     cmd = [sys.executable, "-m", "synth", f"hydra.run.dir={run_dir}", "logger=none", "data=folder",
-           f"data.path={tmp_path / 'in'}", "batch_size=1", "num_workers=1",
-           "captioning._target_=guarantee_stages.Sleepy"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+           f"data.path={tmp_path / 'in'}", "batch_size=1", *workers, "captioning._target_=guarantee_stages.Sleepy"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                            start_new_session=new_session)
     deadline = time.monotonic() + 120
     while not mark.exists():
         assert proc.poll() is None, proc.communicate()

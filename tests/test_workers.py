@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from synth.sample import Sample
 from synth.schedule import Pipeline, worker_kind
 from synth.stages.albedo import Retinex
 from tests.scale_helpers import assert_same_results, make_inputs, result_files
+from tests.test_guarantees import start_sleepy_job
 from tests.test_schedule import runner_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,21 +117,7 @@ def test_a_finished_sample_brings_its_images_back_only_when_the_logger_logs_it()
 def start_job_with_processes(tmp_path: Path, count: int, sleep_s: float) -> tuple[subprocess.Popen, Path]:
     """A workers=processes job in its own process group whose captioning sleeps ``sleep_s`` per
     sample; returns once a sample is in flight."""
-    make_inputs(tmp_path / "in", count)
-    mark, run_dir = tmp_path / "in-flight", tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "PYTHONUNBUFFERED": "1",
-           "SYNTH_TEST_MARK": str(mark), "SYNTH_TEST_SLEEP": str(sleep_s)}
-    cmd = [sys.executable, "-m", "synth", f"hydra.run.dir={run_dir}", "logger=none", "data=folder",
-           f"data.path={tmp_path / 'in'}", "batch_size=1", "num_workers=2", "workers=processes",
-           "captioning._target_=guarantee_stages.Sleepy"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
-                            start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not mark.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "no sample started"
-        time.sleep(0.05)
-    return proc, run_dir
+    return start_sleepy_job(tmp_path, count, sleep_s, ("num_workers=2", "workers=processes"), new_session=True)
 
 
 @pytest.mark.slow
