@@ -142,15 +142,11 @@ def main(argv: list[str]) -> None:
         slope = (last["rss_kb"] - first["rss_kb"]) / (last["count"] - first["count"])
         print(f"slope: {slope * 1024 / 1000:.2f} KB/sample (peak RSS, {first['count']:,} -> {last['count']:,} photos;"
               f" target <= 2)")
-    if args.csv_rows:
-        with tempfile.TemporaryDirectory() as tmp:
-            result = csv_listing(Path(tmp), args.csv_rows)
-        print(f"data=csv, {result['rows']:,} rows: listed in {result['list_s']:.2f} s, shard 3 of 64 "
-              f"({result['shard_items']:,} items) selected in {result['shard_s']:.2f} s, "
-              f"{result['peak_mb']:.0f} MB peak Python memory")
-    if args.folder_files:
-        with tempfile.TemporaryDirectory() as tmp:
-            result = folder_listing(Path(tmp), args.folder_files)
-        print(f"data=folder, {result['rows']:,} files: listed in {result['list_s']:.2f} s, shard 3 of 64 "
-              f"({result['shard_items']:,} items) selected in {result['shard_s']:.2f} s, "
-              f"{result['peak_mb']:.0f} MB peak Python memory")
+    for listing, count, what in ((csv_listing, args.csv_rows, "data=csv, {:,} rows"),
+                                 (folder_listing, args.folder_files, "data=folder, {:,} files")):
+        if count:
+            with tempfile.TemporaryDirectory() as tmp:
+                result = listing(Path(tmp), count)
+            print(f"{what.format(result['rows'])}: listed in {result['list_s']:.2f} s, shard 3 of 64 "
+                  f"({result['shard_items']:,} items) selected in {result['shard_s']:.2f} s, "
+                  f"{result['peak_mb']:.0f} MB peak Python memory")
