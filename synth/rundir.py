@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from synth.errors import ConfigError, OutputError
 from synth.faults import as_output_error, printable
-from synth.files import _jsonable, atomic_write
+from synth.files import atomic_write, to_json
 
 log = logging.getLogger("synth")
 
@@ -184,7 +184,7 @@ class JsonlLog:
         self.count = 0  # lines written by this job
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, sort_keys=True, default=_jsonable) + "\n")
+        self._file.write(_line(record))
         self._file.flush()
         self.count += 1
 
@@ -195,19 +195,14 @@ class JsonlLog:
             pass
 
 
+def _line(record: dict[str, Any]) -> str:
+    """One JSON line (sorted keys, numpy values as numbers; ASCII, so any path survives)."""
+    return to_json(record, indent=None) + "\n"
+
+
 def rewrite_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
     """Replace ``path`` by ``records`` (streamed to a temporary file, then renamed)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
-            for record in records:
-                f.write(json.dumps(record, sort_keys=True, default=_jsonable) + "\n")
-        os.replace(tmp, path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise as_output_error(err) from err
-        raise
+    _write_atomically(path, (_line(record).encode() for record in records))
 
 
 # -- the input manifest ---------------------------------------------------------------------------
@@ -226,7 +221,7 @@ def check_manifest(path: Path, entries: Callable[[], Iterable[tuple[int, str, st
     difference: an id would now mean another file."""
     header = next(read_jsonl(path), None)
     if start_over or header is None or header.get("manifest") != 1:
-        _write_manifest(path, _manifest_lines(entries(), total))
+        _write_atomically(path, _manifest_lines(entries(), total))
         return
     olds = _manifest_entries(path)
     new = first_new = None
@@ -251,10 +246,10 @@ def check_manifest(path: Path, entries: Callable[[], Iterable[tuple[int, str, st
                     "their outputs stay", gone)
     if new:
         log.info("%d new inputs since this run directory's first run: ids from %s on", new, first_new)
-        _write_manifest(path, _manifest_lines(entries(), total))
+        _write_atomically(path, _manifest_lines(entries(), total))
 
 
-def _write_manifest(path: Path, blocks: Iterable[bytes]) -> None:
+def _write_atomically(path: Path, blocks: Iterable[bytes]) -> None:
     try:
         atomic_write(path, blocks)
     except OSError as err:

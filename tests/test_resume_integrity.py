@@ -153,7 +153,7 @@ def test_no_writer_at_all_is_a_configuration_error(tmp_path):
 
 
 def test_csv_output_column_follows_each_samples_own_format_after_a_resume(tmp_path):
-    data = photos(tmp_path / "in", "a.png", "b.png")
+    photos(tmp_path / "in", "a.png", "b.png")
     table = tmp_path / "in" / "pairs.csv"
     table.write_text("image_path,label\na.png,x\nb.png,y\n")
     run_dir = tmp_path / "run"
