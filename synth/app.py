@@ -16,8 +16,8 @@ from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from synth.errors import ConfigError, OutputError, WorkerLost
-from synth.faults import EXIT_OUTPUT_ERROR, check_creatable, printable
+from synth.errors import ConfigError, OutputError
+from synth.faults import EXIT_CONFIG_ERROR, JOB_ERRORS, check_creatable, exit_code_of, printable
 from synth.runner import STAGE_GROUPS, Runner
 
 log = logging.getLogger("synth")
@@ -94,20 +94,9 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         runner = build_runner(cfg, run_dir)
-    except ConfigError as err:
-        print(f"error: {printable(str(err))}", file=sys.stderr)
-        raise SystemExit(2) from None
-    try:
         summary = runner.run(config=OmegaConf.to_container(cfg, resolve=True))
-    except OutputError as err:  # not writable, disk full: one line, no traceback
-        print(f"error: {printable(str(err))}", file=sys.stderr)
-        raise SystemExit(EXIT_OUTPUT_ERROR) from None
-    except ConfigError as err:  # found in a stage's setup(), e.g. gated or missing model weights
-        print(f"error: {printable(str(err))}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except WorkerLost as err:  # e.g. the OOM killer took a worker process
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+    except tuple(JOB_ERRORS) as err:  # a bad config, an unwritable output, a worker killed: one line
+        _exit_with(err)
     _print_summary(format_summary(summary))
     if summary["exit_code"]:
         raise SystemExit(summary["exit_code"])
@@ -168,8 +157,13 @@ def _exit_unless_creatable(path: str) -> None:
     try:
         check_creatable(Path(path))
     except OutputError as err:
-        print(f"error: {printable(str(err))}", file=sys.stderr)
-        raise SystemExit(EXIT_OUTPUT_ERROR) from None
+        _exit_with(err)
+
+
+def _exit_with(err: BaseException) -> None:
+    """One line on stderr and the error's exit status (faults.JOB_ERRORS), no traceback."""
+    print(f"error: {printable(str(err))}", file=sys.stderr)
+    raise SystemExit(exit_code_of(err)) from None
 
 
 def drop_null_groups(argv: list[str]) -> list[str]:
@@ -187,6 +181,6 @@ def cli() -> None:
     problem = check_group_choices(sys.argv[1:])
     if problem:
         print(f"error: {printable(problem)}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(EXIT_CONFIG_ERROR)
     sys.argv[1:] = drop_null_groups(sys.argv[1:])
     main()

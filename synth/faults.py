@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from synth.errors import OutputError
+from synth.errors import ConfigError, OutputError, WorkerLost
 from synth.params import setting
 
 log = logging.getLogger("synth")
@@ -19,6 +19,13 @@ log = logging.getLogger("synth")
 EXIT_TOO_MANY_FAILURES = 1
 EXIT_CONFIG_ERROR = 2
 EXIT_OUTPUT_ERROR = 3  # (128 + N: a signal)
+# The errors that stop a job with one line (no traceback), and the exit status each gives.
+JOB_ERRORS = {ConfigError: EXIT_CONFIG_ERROR, OutputError: EXIT_OUTPUT_ERROR, WorkerLost: 1}
+
+
+def exit_code_of(err: BaseException) -> int:
+    """The exit status of a job stopped by ``err``, one of ``JOB_ERRORS``."""
+    return next(code for kind, code in JOB_ERRORS.items() if isinstance(err, kind))
 
 
 # Characters that would start a new line, move the cursor or reorder text on a console or in

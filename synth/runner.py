@@ -13,9 +13,9 @@ from typing import Any, Iterable, Sequence
 
 from synth.params import check_seed, setting
 from synth.data import ImageFolder
-from synth.errors import ConfigError, OutputError, WorkerLost
-from synth.faults import (EXIT_CONFIG_ERROR, EXIT_OUTPUT_ERROR, StopSignals, as_output_error,
-                          check_max_failure_rate, check_writable, exit_status, printable)
+from synth.errors import ConfigError, OutputError
+from synth.faults import (EXIT_OUTPUT_ERROR, JOB_ERRORS, StopSignals, as_output_error, check_max_failure_rate,
+                          check_writable, exit_code_of, exit_status, printable)
 from synth.files import atomic_write_json
 from synth.loggers import NullLogger
 from synth.progress import Progress
@@ -269,14 +269,8 @@ class Runner:
             finished = stop.received is None  # every sample of the todo list went through
             exit_code, exit_reason = exit_status(self._done, self._failed, todo_count, self.max_failure_rate,
                                                  stop.received)
-        except ConfigError as err:  # found in a stage's setup(), e.g. missing model weights
-            exit_code, exit_reason = EXIT_CONFIG_ERROR, str(err)
-            raise
-        except OutputError as err:
-            exit_code, exit_reason = EXIT_OUTPUT_ERROR, str(err)
-            raise
-        except WorkerLost as err:
-            exit_code, exit_reason = 1, str(err)
+        except tuple(JOB_ERRORS) as err:  # e.g. missing model weights at setup, disk full, a worker killed
+            exit_code, exit_reason = exit_code_of(err), str(err)
             raise
         finally:
             stop.restore()
