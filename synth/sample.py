@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -57,3 +57,7 @@ class Sample:
         message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         self.error = one_line(message)  # whatever the exception said
         self.error_stage = stage
+
+
+# The fields that hold images (every ``np.ndarray`` field): what need not travel once written.
+IMAGE_FIELDS = tuple(f.name for f in fields(Sample) if str(f.type).startswith("np.ndarray"))

@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from synth.errors import ConfigError, WorkerLost
 from synth.params import setting
-from synth.sample import Sample
+from synth.sample import IMAGE_FIELDS, Sample
 from synth.stages.base import Stage
 
 
@@ -213,9 +213,6 @@ def run_segment(slot: _Slot, stages: Sequence[Stage], last: bool, load: Callable
     return None
 
 
-# Sample fields that hold images: what a finished sample need not bring back from a worker process.
-IMAGE_FIELDS = ("image", "alpha", "mask", "foreground", "background", "albedo", "shading", "residual",
-                "degraded", "shadow_matte", "composite")
 _WORKER: dict[str, Any] = {}  # in a worker process: what _init_worker received
 
 
