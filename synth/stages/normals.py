@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from synth.imaging import fit_size, resize
-from synth.stages.models.loading import check_source, hub_kwargs, load_pretrained
+from synth.stages.models.loading import check_source, hub_kwargs, infer_backing_off, load_pretrained
 
 WORK = 256  # long side of the working size
 
@@ -100,7 +100,6 @@ class DepthModel:
     def setup(self, device: str) -> None:
         if self.model is not None:
             return
-        import torch
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
         from synth.stages.base import resolve_device
@@ -111,26 +110,30 @@ class DepthModel:
                                      lambda s: AutoModelForDepthEstimation.from_pretrained(s, **hub_kwargs()))
         self.device = resolve_device(device)
         self.model.to(self.device).eval()
-        self._torch = torch
         cfg = self.model.config
         # Relative models (DPT, Depth Anything) predict inverse depth: larger = nearer.
         self.near_is_larger = not (getattr(cfg, "depth_estimation_type", None) == "metric"
                                    or cfg.model_type == "zoedepth")
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """One depth map per image (the model's resolution). Images of one shape share a batch."""
+        """One depth map per image (the model's resolution). Images of one shape share a batch,
+        split on out-of-memory (:func:`~synth.stages.models.loading.infer_backing_off`; an image
+        that does not fit alone raises SampleError)."""
         out: list[np.ndarray | None] = [None] * len(images)
         groups: dict[tuple, list[int]] = {}
         for i, image in enumerate(images):
             groups.setdefault(image.shape, []).append(i)
         for indices in groups.values():
-            inputs = self.processor(images=[images[i] for i in indices], return_tensors="pt")
-            with self._torch.inference_mode():
-                depth = self.model(pixel_values=inputs["pixel_values"].to(self.device)).predicted_depth
-            depth = depth.float().cpu().numpy()
-            for i, d in zip(indices, depth):
-                out[i] = d
+            for chunk, depths in infer_backing_off(indices, lambda chunk: self.predict([images[i] for i in chunk])):
+                for i, d in zip(chunk, depths):
+                    out[i] = d
         return out
+
+    def predict(self, images: list[np.ndarray]) -> np.ndarray:
+        """One forward pass on images of one shape: float32 depth maps on the CPU."""
+        inputs = self.processor(images=images, return_tensors="pt")
+        depth = self.model(pixel_values=inputs["pixel_values"].to(self.device)).predicted_depth
+        return depth.float().cpu().numpy()
 
 
 class MarigoldNormals:
@@ -157,13 +160,11 @@ class MarigoldNormals:
         self.runner.load(device, resolve_dtype("auto", device))
 
     def __call__(self, samples: Sequence) -> list[np.ndarray]:
-        """Per sample, HxWx3 unit normals at its working size (facing the viewer off the square)."""
-        import torch
-
+        """Per sample, HxWx3 unit normals at its working size (facing the viewer off the square).
+        The batch is split on out-of-memory like the depth model's."""
         from synth.stages.models.marigold import paste
 
-        with torch.inference_mode():
-            predicted = self.runner.predict(list(samples))
+        predicted = [result for _, results in infer_backing_off(samples, self.runner.predict) for result in results]
         out = []
         for sample, ((top, left, side), maps) in zip(samples, predicted):
             h, w = sample.mask.shape

@@ -21,8 +21,7 @@ from synth.errors import ConfigError, SampleError, one_line
 from synth.sample import Sample
 from synth.stages.base import Stage, resolve_device
 from synth.stages.captioning import check_template, describe_degradation
-from synth.stages.models.loading import (check_device, check_dtype, free_accelerator_memory, is_out_of_memory,
-                                         resolve_dtype)
+from synth.stages.models.loading import check_device, check_dtype, infer_backing_off, resolve_dtype
 from synth.stages.segmentation import empty_mask_reason, set_mask
 
 
@@ -33,7 +32,8 @@ class ModelStage(Stage):
     runner hands over, i.e. the job's ``batch_size``). When a forward pass runs out of GPU memory
     the chunk is halved and retried, down to one sample; a sample that does not fit even alone
     fails with that reason and the others go on. Each runner batch starts again at
-    ``batch_size``, so one huge image does not slow the rest of the run.
+    ``batch_size``, so one huge image does not slow the rest of the run
+    (:func:`synth.stages.models.loading.infer_backing_off`).
     """
 
     batched_on_device = True
@@ -66,33 +66,13 @@ class ModelStage(Stage):
         self.loaded = True
 
     def process(self, batch: list[Sample]) -> None:
-        import torch
-
         if not self.loaded:
             self.setup("auto")
         todo = [s for s in batch if s.ok]  # a runner retry may include samples this stage already failed
-        size = min(self.batch_size or len(todo), len(todo))
-        start = 0
-        while start < len(todo):
-            chunk = todo[start:start + size]
-            try:
-                with torch.inference_mode():
-                    results = self.infer(chunk)
-            except Exception as err:  # noqa: BLE001 - only out-of-memory is handled here
-                if not is_out_of_memory(err):
-                    raise
-                reason = one_line(err)[:200]
-            else:
-                for sample, result in zip(chunk, results):
-                    self._apply_one(sample, result)
-                start += len(chunk)
-                continue
-            free_accelerator_memory()  # outside the except block, so the failed pass's tensors are gone
-            if size > 1:
-                size //= 2
-            else:
-                chunk[0].fail(self.name, SampleError(f"out of GPU memory even at batch size 1 ({reason})"))
-                start += 1
+        for chunk, results in infer_backing_off(todo, self.infer, self.batch_size,
+                                                lambda sample, err: sample.fail(self.name, err)):
+            for sample, result in zip(chunk, results):
+                self._apply_one(sample, result)
 
     def _apply_one(self, sample: Sample, result: Any) -> None:
         # A sample without a usable result fails alone: raising would make the runner redo the

@@ -1,5 +1,7 @@
 """Shared plumbing for model-backed stages: device and dtype, weights from a hub id or a local
-directory, one-line errors that name the config key, and out-of-memory detection.
+directory, one-line errors that name the config key, and out-of-memory back-off
+(:func:`infer_backing_off`, used by every model: the model stages and the depth and normals
+models of ``shadow.normals``).
 
 Nothing here imports torch or transformers at module level, so building a stage from config
 (and reporting config errors) stays fast; the heavy imports happen in ``setup``.
@@ -8,9 +10,9 @@ Nothing here imports torch or transformers at module level, so building a stage 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
-from synth.errors import ConfigError, one_line
+from synth.errors import ConfigError, SampleError, one_line
 
 T = TypeVar("T")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -124,6 +126,47 @@ def free_accelerator_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def infer_backing_off(items: Sequence[T], infer: Callable[[list[T]], Sequence[Any]], size: int | None = None,
+                      fail: Callable[[T, SampleError], None] | None = None) -> Iterator[tuple[list[T], Sequence[Any]]]:
+    """``infer`` on ``items`` in chunks of at most ``size`` (None: all at once), under
+    ``torch.inference_mode``; yields each chunk with its results, in order.
+
+    A chunk that runs out of accelerator memory is halved and retried, down to one item; an item
+    that does not fit even alone is handed to ``fail`` with a SampleError saying so, and the rest
+    go on. Without ``fail`` that error is raised: a caller that cannot fail one item (the depth
+    and normals models see images, not samples) lets the runner retry each sample alone, which
+    fails only that one. Every call starts again at ``size``, so one huge image does not slow the
+    batches after it.
+    """
+    import torch
+
+    items = list(items)
+    size = min(size or len(items), len(items))
+    start = 0
+    while start < len(items):
+        chunk = items[start:start + size]
+        try:
+            with torch.inference_mode():
+                results = infer(chunk)
+        except Exception as err:  # noqa: BLE001 - only out-of-memory is handled here
+            if not is_out_of_memory(err):
+                raise
+            reason = one_line(err)[:200]
+        else:
+            start += len(chunk)
+            yield chunk, results
+            continue
+        free_accelerator_memory()  # outside the except block, so the failed pass's tensors are gone
+        if size > 1:
+            size //= 2
+            continue
+        error = SampleError(f"out of GPU memory even at batch size 1 ({reason})")
+        if fail is None:
+            raise error
+        fail(chunk[0], error)
+        start += 1
 
 
 def hub_kwargs() -> dict[str, Any]:
