@@ -1,12 +1,25 @@
-"""Stages for the exit-path tests in test_guarantees.py, loaded by ``python -m synth`` through
-``captioning._target_=guarantee_stages.NAME`` with PYTHONPATH=tests."""
+"""Stages for the exit-path tests, loaded by ``python -m synth`` through
+``captioning._target_=guarantee_stages.NAME`` with PYTHONPATH=tests, and :class:`GatedJob`, which
+drives a job through the :class:`Gated` stage.
+
+Tests of signals and kills wait on conditions (a sample held in flight, a line in the log), never
+on the clock: a loaded CI machine may be any amount slower, and a fast one any amount faster."""
+
+from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from synth.errors import ConfigError
 from synth.stages.captioning import TemplateCaption
+
+TESTS = Path(__file__).resolve().parent
+HOLD_S = 600  # a gate never opened holds its samples this long (a job left behind by a failed test ends)
 
 
 class SetupConfigError(TemplateCaption):
@@ -16,13 +29,19 @@ class SetupConfigError(TemplateCaption):
         raise ConfigError("captioning.model=missing/model: not found; download it first")
 
 
-class Sleepy(TemplateCaption):
-    """The template caption after ``SYNTH_TEST_SLEEP`` seconds; touches ``SYNTH_TEST_MARK`` when it
-    starts a sample, so that a test knows when a sample is in flight."""
+class Gated(TemplateCaption):
+    """The template caption, behind a gate when ``SYNTH_TEST_GATE`` names a file: a sample of index
+    ``SYNTH_TEST_GATE_FROM`` (default 0) or more touches ``SYNTH_TEST_HELD/{id}`` (so that a test
+    knows it is in flight) and waits until that file exists. Without ``SYNTH_TEST_GATE`` (a
+    reference run, a rerun) it is the template caption: the same outputs."""
 
     def process_sample(self, sample) -> None:
-        Path(os.environ["SYNTH_TEST_MARK"]).touch()
-        time.sleep(float(os.environ["SYNTH_TEST_SLEEP"]))
+        gate = os.environ.get("SYNTH_TEST_GATE")
+        if gate and sample.index >= int(os.environ.get("SYNTH_TEST_GATE_FROM", "0")):
+            (Path(os.environ["SYNTH_TEST_HELD"]) / sample.id).touch()
+            deadline = time.monotonic() + HOLD_S
+            while not os.path.exists(gate) and time.monotonic() < deadline:
+                time.sleep(0.01)
         super().process_sample(sample)
 
 
@@ -33,3 +52,60 @@ class KillsItsWorker(TemplateCaption):
         if sample.index == 1:
             os.kill(os.getpid(), 9)
         super().process_sample(sample)
+
+
+def wait_for(condition: Callable[[], object], what: str, proc: subprocess.Popen | None = None,
+             timeout_s: float = 120) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` if ``proc`` ends first or after
+    ``timeout_s`` (generous: only a broken job takes that long)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"the job ended (exit {proc.returncode}) before {what}\n{out or ''}\n{err or ''}")
+        assert time.monotonic() < deadline, f"not after {timeout_s} s: {what}"
+        time.sleep(0.02)
+
+
+class GatedJob:
+    """``python -m synth ARGS captioning._target_=guarantee_stages.Gated`` in a subprocess, with the
+    gate closed: samples from index ``gate_from`` on are held in flight until :meth:`open_gate`
+    (never: until the job is killed or aborted). ``new_session``: in its own process group, as a
+    terminal's Ctrl-C reaches a job and its worker processes."""
+
+    def __init__(self, tmp_path: Path, run_dir: Path, *args: str, gate_from: int = 0, new_session: bool = False):
+        self.run_dir, self.gate, self.held_dir = run_dir, tmp_path / "gate-open", tmp_path / "held"
+        self.held_dir.mkdir()
+        env = {**os.environ, "PYTHONPATH": str(TESTS), "PYTHONUNBUFFERED": "1", "SYNTH_TEST_GATE": str(self.gate),
+               "SYNTH_TEST_GATE_FROM": str(gate_from), "SYNTH_TEST_HELD": str(self.held_dir)}
+        cmd = [sys.executable, "-m", "synth", f"hydra.run.dir={run_dir}", "logger=none", *args,
+               "captioning._target_=guarantee_stages.Gated"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                     cwd=tmp_path, start_new_session=new_session)
+
+    def held(self) -> list[str]:
+        """Ids of the samples that reached the gate (held there while it was closed)."""
+        return sorted(p.name for p in self.held_dir.iterdir())
+
+    def wait_until_held(self, count: int = 1) -> None:
+        wait_for(lambda: len(self.held()) >= count, f"{count} sample(s) held at the gate", self.proc)
+
+    def send(self, sig: signal.Signals) -> None:
+        """``sig`` to the job, and to its process group when it has its own (Ctrl-C in a terminal)."""
+        if os.getpgid(self.proc.pid) == self.proc.pid:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
+
+    def stop(self, sig: signal.Signals) -> None:
+        """``sig``, then wait until the job's handler has taken it (its log line): the job is
+        stopping, and a second signal would reach the previous handler."""
+        self.send(sig)
+        wait_for(lambda: any(f"{sig.name}: finishing the samples in flight" in p.read_text(errors="replace")
+                             for p in self.run_dir.glob("*.log")), f"the {sig.name} handler's log line", self.proc)
+
+    def open_gate(self) -> None:
+        self.gate.touch()
+
+    def communicate(self, timeout_s: float = 120) -> tuple[str, str]:
+        return self.proc.communicate(timeout=timeout_s)

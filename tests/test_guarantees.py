@@ -18,9 +18,7 @@ import errno
 import os
 import signal
 import subprocess
-import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ from PIL import Image
 
 from synth.sample import Sample
 from tests.conftest import read_samples, REPO, built_stage, read_summary, run_synth
+from tests.guarantee_stages import GatedJob
 from tests.test_robustness_run import assert_no_partial_files, files_of, photo, run_job
 
 
@@ -180,51 +179,44 @@ def test_a_worker_process_killed_by_the_system_stops_the_job_in_one_line(tmp_pat
     assert summary["exit_code"] == 1 and summary["exit_reason"].startswith("a worker process died")
 
 
-def start_sleepy_job(tmp_path: Path, count: int, sleep_s: float, workers: tuple[str, ...] = ("num_workers=1",),
-                     new_session: bool = False) -> tuple[subprocess.Popen, Path]:
-    """A job whose captioning sleeps ``sleep_s`` per sample (``workers``: its worker overrides;
-    ``new_session``: in its own process group); returns once a sample is in flight."""
+def start_gated_job(tmp_path: Path, count: int, workers: tuple[str, ...] = ("num_workers=1",), held: int = 1,
+                    new_session: bool = False) -> GatedJob:
+    """A job over ``count`` photos whose captioning holds every sample at a closed gate
+    (``workers``: its worker overrides; ``new_session``: in its own process group); returns once
+    ``held`` samples are in flight (one per worker: every worker process has started)."""
     photos(tmp_path / "in", count, h=32, w=40)
-    mark, run_dir = tmp_path / "in-flight", tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "PYTHONUNBUFFERED": "1",
-           "SYNTH_TEST_MARK": str(mark), "SYNTH_TEST_SLEEP": str(sleep_s)}
-    cmd = [sys.executable, "-m", "synth", f"hydra.run.dir={run_dir}", "logger=none", "data=folder",
-           f"data.path={tmp_path / 'in'}", "batch_size=1", *workers, "captioning._target_=guarantee_stages.Sleepy"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
-                            start_new_session=new_session)
-    deadline = time.monotonic() + 120
-    while not mark.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "no sample started"
-        time.sleep(0.05)
-    return proc, run_dir
+    job = GatedJob(tmp_path, tmp_path / "run", "data=folder", f"data.path={tmp_path / 'in'}", "batch_size=1", *workers,
+                   new_session=new_session)
+    job.wait_until_held(held)
+    return job
 
 
 @pytest.mark.slow
 def test_sigint_finishes_the_sample_in_flight_and_exits_130(tmp_path):
-    proc, run_dir = start_sleepy_job(tmp_path, count=20, sleep_s=0.5)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out + err
-    summary = read_summary(run_dir)
+    job = start_gated_job(tmp_path, count=20)
+    job.stop(signal.SIGINT)
+    job.open_gate()  # only now can the sample in flight finish: after the stop, whatever the machine's speed
+    out, err = job.communicate()
+    assert job.proc.returncode == 130, out + err
+    summary = read_summary(job.run_dir)
     assert summary["exit_code"] == 130 and summary["exit_reason"].startswith("interrupted by SIGINT")
-    assert 1 <= summary["done"] < 20 and summary["failed"] == 0  # the sample in flight was finished
-    assert len(list((run_dir / "outputs").glob("*_metadata.json"))) == summary["done"]
+    assert 1 <= summary["done"] < 20 and summary["failed"] == 0
+    assert summary["done"] == len(job.held())  # every sample in flight was finished, not dropped
+    assert len(list((job.run_dir / "outputs").glob("*_metadata.json"))) == summary["done"]
     assert "Traceback" not in err
-    assert_no_partial_files(run_dir)
+    assert_no_partial_files(job.run_dir)
 
 
 @pytest.mark.slow
 def test_a_second_ctrl_c_aborts_without_waiting_for_the_sample_in_flight(tmp_path):
-    """The sample in flight would take 10 minutes: only an abort ends the job within the timeout."""
-    proc, run_dir = start_sleepy_job(tmp_path, count=2, sleep_s=600)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.5)  # the first handler has run (it restores the default one)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0
-    assert not list((run_dir / "outputs").glob("*_metadata.json"))  # nothing half-written looks complete
-    assert_no_partial_files(run_dir)
+    """The gate is never opened: only an abort ends the job (it would wait 10 minutes)."""
+    job = start_gated_job(tmp_path, count=2)
+    job.stop(signal.SIGINT)  # the first handler has run (it restored the previous one)
+    job.send(signal.SIGINT)
+    out, err = job.communicate(timeout_s=60)
+    assert job.proc.returncode != 0
+    assert not list((job.run_dir / "outputs").glob("*_metadata.json"))  # nothing half-written looks complete
+    assert_no_partial_files(job.run_dir)
 
 
 # --- writers ---------------------------------------------------------------------------------------

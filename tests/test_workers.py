@@ -12,8 +12,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import cv2
@@ -25,7 +23,8 @@ from synth.sample import Sample
 from synth.schedule import Pipeline, worker_kind
 from synth.stages.albedo import Retinex
 from tests.scale_helpers import assert_same_results, make_inputs, result_files
-from tests.test_guarantees import start_sleepy_job
+from tests.guarantee_stages import GatedJob
+from tests.test_guarantees import start_gated_job
 from tests.test_schedule import runner_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,39 +113,41 @@ def test_a_finished_sample_brings_its_images_back_only_when_the_logger_logs_it()
     assert all(record["pid"] != os.getpid() for _, record in results)  # written in worker processes
 
 
-def start_job_with_processes(tmp_path: Path, count: int, sleep_s: float) -> tuple[subprocess.Popen, Path]:
-    """A workers=processes job in its own process group whose captioning sleeps ``sleep_s`` per
-    sample; returns once a sample is in flight."""
-    return start_sleepy_job(tmp_path, count, sleep_s, ("num_workers=2", "workers=processes"), new_session=True)
+def start_job_with_processes(tmp_path: Path, count: int) -> GatedJob:
+    """A workers=processes job (2 workers) in its own process group whose captioning holds every
+    sample at a closed gate; returns once both worker processes hold one (both have started:
+    they ignore SIGINT from then on)."""
+    return start_gated_job(tmp_path, count, ("num_workers=2", "workers=processes"), held=2, new_session=True)
 
 
 @pytest.mark.slow
 def test_ctrl_c_with_worker_processes_finishes_the_samples_in_flight_and_exits_130(tmp_path):
     """SIGINT to the whole process group, as Ctrl-C in a terminal sends it: the workers ignore it,
     the main process lets the samples in flight finish, writes the run files and exits 130."""
-    proc, run_dir = start_job_with_processes(tmp_path, 20, 0.5)
-    os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out + err
-    summary = json.loads((run_dir / "metadata.json").read_text())
+    job = start_job_with_processes(tmp_path, 20)
+    job.stop(signal.SIGINT)
+    job.open_gate()  # the samples in flight finish only after the stop, whatever the machine's speed
+    out, err = job.communicate()
+    assert job.proc.returncode == 130, out + err
+    summary = json.loads((job.run_dir / "metadata.json").read_text())
     assert summary["exit_reason"].startswith("interrupted by SIGINT")
-    assert 1 <= summary["done"] < 20 and summary["failed"] == 0  # in flight: finished, not failed
-    assert len(list((run_dir / "outputs").glob("*_metadata.json"))) == summary["done"]
+    assert 2 <= summary["done"] < 20 and summary["failed"] == 0  # in flight: finished, not failed
+    assert summary["done"] == len(job.held())
+    assert len(list((job.run_dir / "outputs").glob("*_metadata.json"))) == summary["done"]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
-    assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp") or ".tmp." in p.name]
+    assert not [p for p in job.run_dir.rglob("*") if p.name.endswith(".tmp") or ".tmp." in p.name]
 
 
 @pytest.mark.slow
 def test_a_second_ctrl_c_with_worker_processes_aborts_without_waiting_for_them(tmp_path):
-    """The samples in the workers would take 10 minutes (and the workers ignore SIGTERM): only an
-    abort that kills them ends the job, and the pipes it shares with them, within the timeout."""
-    proc, run_dir = start_job_with_processes(tmp_path, 3, 600)
-    os.killpg(proc.pid, signal.SIGINT)
-    time.sleep(0.5)  # the first handler has run (it restores the default one)
-    os.killpg(proc.pid, signal.SIGINT)
-    proc.communicate(timeout=60)
-    assert proc.returncode != 0
-    assert not list((run_dir / "outputs").glob("*_metadata.json"))
+    """The gate is never opened (and the workers ignore SIGTERM): only an abort that kills the
+    workers ends the job, and the pipes it shares with them, within the timeout."""
+    job = start_job_with_processes(tmp_path, 3)
+    job.stop(signal.SIGINT)  # the first handler has run (it restored the previous one)
+    job.send(signal.SIGINT)
+    job.communicate(timeout_s=60)
+    assert job.proc.returncode != 0
+    assert not list((job.run_dir / "outputs").glob("*_metadata.json"))
 
 
 def test_worker_processes_get_the_source_without_its_listing(tmp_path):
