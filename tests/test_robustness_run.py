@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,8 @@ from synth.app import build_runner, format_summary
 from synth.errors import ConfigError, OutputError
 from synth.faults import exit_status
 from synth.loggers import NullLogger
-from tests.conftest import read_samples, compose_config, read_summary
+from tests.conftest import REPO, read_samples, compose_config, read_summary, run_synth
+from tests.guarantee_stages import GatedJob
 
 def photo(path: Path, h: int = 48, w: int = 64, seed: int = 0, mode: str = "RGB") -> Path:
     """A small smooth image with a brighter centre (GrabCut finds a subject in it)."""
@@ -292,39 +292,21 @@ def test_a_logger_that_fails_to_start_still_gets_a_summary_and_finish(tmp_path):
 
 
 # --- signals -------------------------------------------------------------------------------------
-SLOW_STAGE = '''
-import time
-from synth.stages.captioning import TemplateCaption
-
-class SlowCaption(TemplateCaption):
-    """The template caption, slowly: keeps a job running long enough to be interrupted."""
-    def process_sample(self, sample):
-        time.sleep(0.15)
-        super().process_sample(sample)
-'''
-
-
 @pytest.mark.slow
 def test_sigterm_stops_cleanly_and_a_rerun_resumes(tmp_path):
+    """Samples 0 and 1 pass; sample 2 is held in flight until the SIGTERM has been taken."""
     data, run_dir = tmp_path / "in", tmp_path / "run"
     n = 24
     for i in range(n):
         photo(data / f"p{i:02d}.png", h=32, w=40, seed=i)
-    (tmp_path / "helpers").mkdir()
-    (tmp_path / "helpers" / "slow_caption.py").write_text(SLOW_STAGE)
-    cmd = [sys.executable, "-m", "synth", f"hydra.run.dir={run_dir}", "logger=none", "data=folder",
-           f"data.path={data}", "batch_size=2", "num_workers=1"]
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "helpers"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd + ["captioning._target_=slow_caption.SlowCaption"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-    deadline = time.monotonic() + 90
-    while not list((run_dir / "outputs").glob("*_metadata.json")) and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=90)
+    args = ["data=folder", f"data.path={data}", "batch_size=2", "num_workers=1"]
+    job = GatedJob(tmp_path, run_dir, *args, gate_from=2)
+    job.wait_until_held()
+    job.stop(signal.SIGTERM)
+    job.open_gate()
+    out, err = job.communicate()
 
-    assert proc.returncode == 143, out + err
+    assert job.proc.returncode == 143, out + err
     summary = read_summary(run_dir)
     assert 0 < summary["done"] < n and summary["failed"] == 0 and summary["exit_code"] == 143
     assert summary["exit_reason"].startswith("interrupted by SIGTERM")
@@ -332,8 +314,8 @@ def test_sigterm_stops_cleanly_and_a_rerun_resumes(tmp_path):
     assert len(list((run_dir / "outputs").glob("*_metadata.json"))) == summary["done"]
     assert_no_partial_files(run_dir)
 
-    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    run_synth(run_dir, *args, "captioning._target_=guarantee_stages.Gated",  # no gate: the template caption
+              env={"PYTHONPATH": str(REPO / "tests")})
     again = read_summary(run_dir)
     assert again["skipped_complete"] == summary["done"] and again["done"] == n - summary["done"]
     assert len(list((run_dir / "outputs").glob("*_metadata.json"))) == n
