@@ -3,29 +3,30 @@
 The configured stages are grouped into segments (:func:`plan`): each run of consecutive CPU
 stages is one segment that a worker runs for one sample at a time, with decoding added
 to the first and writing to the last; each run of stages that batch on the device
-(``Stage.batched_on_device``) is one segment that the main thread runs on whole batches. So for
-``segmentation=sam3 captioning=blip``::
+(``Stage.batched_on_device``) is one segment that runs on whole batches in a thread of its own
+(:class:`DeviceLane`). So for ``segmentation=sam3 captioning=blip``::
 
     [decode] -> <sam3> -> [albedo, shadow, recombine] -> <blip> -> [write]
 
-Samples move through the segments in a bounded window: at most ``window`` samples are in
-flight, so memory stays flat whatever the input size, while the workers decode the next batch
-during the current device call. Batches are fixed runs of ``batch_size`` consecutive samples,
-and every random draw depends on the seed and the sample's index only, so a sample's result does
-not depend on which worker ran it, when, or on ``num_workers``. Finished samples come back in
-input order, on the main thread, where the runner commits them (tar/parquet order, logging).
+and SAM 3 on batch n+1 runs beside BLIP on batch n and the workers' CPU stages; the main thread
+only moves samples between segments. Samples move through the segments in a bounded window: at
+most ``window`` samples are in flight, so memory stays flat whatever the input size, while the
+workers decode the next batch during the current device calls. Batches are fixed runs of
+``batch_size`` consecutive samples, and every random draw depends on the seed and the sample's
+index only, so a sample's result does not depend on which worker ran it, when, or on
+``num_workers``. Finished samples come back in input order, on the main thread, where the runner
+commits them (tar/parquet order, logging).
 
 Workers are threads or processes (``workers``, see :func:`worker_kind`). Threads share the
 samples and the writers' state without copying, and decoding, OpenCV and its encoders release the
 GIL; but fpng holds the GIL while it encodes and much numpy/Python glue serialises, so on 16
-cores threads reached about 6 images/s on the weight-free job, no more than on 2. Processes
+cores threads reached about 13 images/s on the weight-free job. Processes
 (:class:`ProcessWorkers`) run the same segment code in worker processes that get the CPU stages,
-the loader and the writers once, when they start; per task only the item (or the sample, between
-device segments) goes out, and after the last segment only the sample's small fields (its images
-too where the logger wants them) and the writers' results come back. Between device segments the
-whole sample crosses twice (about 27 MB at 1024 px after albedo/shadow/recombine; pickling it
-costs the main process about 30-100 ms of one core): keeping it in the worker that will write it
-(one task queue per process) would leave only the device stages' fields to cross.
+the loader and the writers once, when they start. A sample stays in the process that decoded it
+until it is written: a device segment gets a copy with only the images its stages read
+(``Stage.reads``: the photo for SAM 3 and BLIP) and sends back only what it changed (the mask, the
+caption), and after the last segment only the sample's small fields (its images too where the
+logger wants them) and the writers' results come back.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from synth.errors import ConfigError, WorkerLost
@@ -134,38 +135,50 @@ def plan(stages: Sequence[Stage]) -> list[Segment]:
     return segments
 
 
+_THREAD = threading.local()  # in a WorkerPool thread: ``index``, its number in the pool
+
+
 class WorkerPool:
     """Threads that run the queued task of highest priority first (lowest ``priority`` tuple).
 
     The pipeline gives earlier segments priority, so the next device batch is decoded before
     finished samples are written: the device waits as little as possible, and the window bounds
-    how far ahead decoding can run."""
+    how far ahead decoding can run. A task submitted with ``worker=k`` runs on thread k only (with
+    worker processes, thread k feeds process k, which holds the sample)."""
 
     def __init__(self, workers: int, name: str = "synth-worker"):
-        self._heap: list[tuple] = []
+        self._shared: list[tuple] = []
+        self._pinned: list[list[tuple]] = [[] for _ in range(workers)]
         self._ready = threading.Condition()
         self._count = itertools.count()
         self._closed = False
-        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+        self._threads = [threading.Thread(target=self._work, args=(i,), name=f"{name}-{i}", daemon=True)
                          for i in range(workers)]
         for thread in self._threads:
             thread.start()
 
-    def submit(self, priority: tuple, fn: Callable, *args: Any) -> Future:
+    def submit(self, priority: tuple, fn: Callable, *args: Any, worker: int | None = None) -> Future:
         future: Future = Future()
         with self._ready:
-            heapq.heappush(self._heap, (priority, next(self._count), future, fn, args))
-            self._ready.notify()
+            heap = self._shared if worker is None else self._pinned[worker]
+            heapq.heappush(heap, (priority, next(self._count), future, fn, args))
+            if worker is None:
+                self._ready.notify()
+            else:  # only thread ``worker`` may take it: wake them all
+                self._ready.notify_all()
         return future
 
-    def _work(self) -> None:
+    def _work(self, index: int) -> None:
+        _THREAD.index = index
+        own = self._pinned[index]
         while True:
             with self._ready:
-                while not self._heap and not self._closed:
+                while not self._shared and not own and not self._closed:
                     self._ready.wait()
-                if not self._heap:
+                heaps = [heap for heap in (own, self._shared) if heap]
+                if not heaps:
                     return  # closed and drained
-                _, _, future, fn, args = heapq.heappop(self._heap)
+                _, _, future, fn, args = heapq.heappop(min(heaps, key=lambda heap: heap[0][:2]))
             if not future.set_running_or_notify_cancel():
                 continue  # cancelled while queued
             try:
@@ -179,12 +192,52 @@ class WorkerPool:
         """Cancel what has not started; with ``wait``, let running tasks finish and join the threads
         (without, they are left to end with the process: they are daemon threads)."""
         with self._ready:
-            for _, _, future, _, _ in self._heap:
-                future.cancel()
+            for heap in (self._shared, *self._pinned):
+                for _, _, future, _, _ in heap:
+                    future.cancel()
+                heap.clear()
             self._closed = True
             self._ready.notify_all()
         for thread in self._threads if wait else ():
             thread.join()
+
+
+class DeviceLane:
+    """The thread of one device segment: its batches run one after the other in input order, beside
+    the other device segments' batches (two models overlap) and the CPU workers; the main thread
+    only dispatches. On CUDA each lane launches its kernels on a stream of its own, so the models'
+    kernels can overlap on the GPU too (every result comes back with a synchronous copy to the CPU,
+    on that stream)."""
+
+    def __init__(self, step: int, stages: Sequence[Stage]):
+        self.stages = list(stages)
+        self._thread = WorkerPool(1, name=f"synth-device-{step}")
+        self._stream: Any = None
+
+    def submit(self, position: int, samples: list[Sample]) -> Future:
+        return self._thread.submit((position,), self._run, samples)
+
+    def _run(self, samples: list[Sample]) -> None:
+        with self._cuda_stream():
+            for stage in self.stages:
+                run_stage(stage, samples)
+
+    @contextmanager
+    def _cuda_stream(self) -> Iterator[None]:
+        devices = [str(getattr(stage, "device", None) or "") for stage in self.stages]
+        device = next((d for d in devices if d.startswith("cuda")), None)
+        torch = sys.modules.get("torch")
+        if device is None or torch is None:
+            yield
+            return
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device=device)
+            self._stream.wait_stream(torch.cuda.current_stream(device))  # the models' set-up comes first
+        with torch.cuda.stream(self._stream):
+            yield
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._thread.shutdown(wait)
 
 
 @dataclass(eq=False)
@@ -198,6 +251,8 @@ class _Slot:
     step: int = 0
     future: Future | None = None
     written: bool = False  # handed to ``write`` (not failed before it)
+    worker: int | None = None  # with worker processes: the one that holds the sample
+    arrived: dict[str, Any] = field(default_factory=dict)  # the images its worker sent for a device segment
 
 
 def run_segment(slot: _Slot, stages: Sequence[Stage], last: bool, load: Callable, write: Callable) -> Any:
@@ -213,38 +268,66 @@ def run_segment(slot: _Slot, stages: Sequence[Stage], last: bool, load: Callable
     return None
 
 
-_WORKER: dict[str, Any] = {}  # in a worker process: what _init_worker received
+def _with_images(sample: Sample, keep: Iterable[str]) -> Sample:
+    """A copy of ``sample`` whose image fields other than ``keep`` are None (what need not travel)."""
+    return replace(sample, **{name: None for name in IMAGE_FIELDS if name not in keep})
 
 
-def _init_worker(segments: dict[int, list[Stage]], last: int, load: Callable, write: Callable,
-                 keep_images: Callable[[int], bool], log_queue: Any, log_level: int) -> None:
-    """A worker process starts: it ignores SIGINT/SIGTERM (the main process decides when to stop,
-    and lets the samples in flight finish) and sends its log records to the main process."""
+def _merge(sample: Sample, update: Sample) -> Sample:
+    """``sample`` (held by a worker process) with what a device segment did to its copy ``update``:
+    every small field, and the images that ``update`` carries (those it changed)."""
+    for f in fields(Sample):
+        value = getattr(update, f.name)
+        if value is not None or f.name not in IMAGE_FIELDS:
+            setattr(sample, f.name, value)
+    return sample
+
+
+def _crossable(err: Exception) -> Exception:
+    """``err``, or, when it cannot be pickled, a RuntimeError with its message."""
+    try:
+        pickle.dumps(err)
+    except Exception:  # noqa: BLE001
+        return RuntimeError(f"{type(err).__name__}: {err}")
+    return err
+
+
+def _worker_main(connection: Any, segments: dict[int, list[Stage]], last: int, load: Callable, write: Callable,
+                 keep_images: Callable[[int], bool], reads: dict[int, tuple[str, ...]], log_queue: Any,
+                 log_level: int) -> None:
+    """A worker process: runs the CPU segments it is sent, holding each sample from its decoding to
+    its writing. A device segment gets a copy with the images it reads (``reads``); only what it
+    changed comes back. After the last segment only the sample's small fields go back (and its
+    images where the logger wants them). It ignores SIGINT/SIGTERM (the main process decides when
+    to stop, and lets the samples in flight finish) and sends its log records to the main process;
+    it ends when the main process closes the connection."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     root = logging.getLogger()
     root.handlers = [logging.handlers.QueueHandler(log_queue)]
     root.setLevel(log_level)
-    _WORKER.update(segments=segments, last=last, load=load, write=write, keep_images=keep_images)
-
-
-def _run_in_worker(step: int, payload: Any) -> tuple[Sample | None, bool, Any, BaseException | None]:
-    """A task in a worker process: (sample, written, write's result, the error it raised)."""
-    w = _WORKER
-    slot = _Slot(-1, payload) if step == 0 else _Slot(-1, None, sample=payload)
-    result = error = None
-    try:
-        result = run_segment(slot, w["segments"][step], step == w["last"], w["load"], w["write"])
-    except Exception as err:  # noqa: BLE001 - raised again by the pool, in the main process
-        error = err
+    held: dict[int, Sample] = {}  # position -> sample, between its segments
+    while True:
         try:
-            pickle.dumps(err)
-        except Exception:  # noqa: BLE001 - an exception that cannot cross: its message does
-            error = RuntimeError(f"{type(err).__name__}: {err}")
-    if step == w["last"] and slot.sample is not None and not w["keep_images"](slot.sample.index):
-        for name in IMAGE_FIELDS:  # written already: only the record and the logger's samples go back
-            setattr(slot.sample, name, None)
-    return slot.sample, slot.written, result, error
+            step, position, payload = connection.recv()
+        except (EOFError, OSError):
+            return
+        if step == 0:
+            slot = _Slot(position, payload)
+        else:
+            slot = _Slot(position, None, sample=_merge(held.pop(position), payload))
+        result = error = None
+        try:
+            result = run_segment(slot, segments[step], step == last, load, write)
+        except Exception as err:  # noqa: BLE001 - raised again in the main process
+            error = _crossable(err)
+        sample = slot.sample
+        if sample is not None and step < last:
+            held[position] = sample
+            sample = _with_images(sample, reads[step + 1])
+        elif sample is not None and not keep_images(sample.index):
+            sample = _with_images(sample, ())  # written already
+        connection.send((sample, slot.written, result, error))
 
 
 class _ToLoggers:
@@ -257,14 +340,16 @@ class _ToLoggers:
 
 
 class ProcessWorkers:
-    """``num_workers`` worker processes behind the thread pool's priority queue: each of
-    ``num_workers`` threads hands its task to a process and waits (releasing the GIL), so tasks
-    start in the same priority order as with threads. The processes are started by "forkserver"
-    (fresh, so a CUDA context of the main process is never inherited; workers never touch the
-    device) and get the CPU segments' stages, ``load`` and ``write`` once."""
+    """``num_workers`` worker processes, process k fed by thread k of the pool (which waits on it,
+    releasing the GIL), so tasks start in the same priority order as with threads. A sample stays
+    in the process that decoded it until it is written (its later segments are pinned to that
+    thread): between segments only the images a device segment reads go out, and only what it
+    changed comes back. The processes are started by "forkserver" (fresh, so a CUDA context of
+    the main process is never inherited; workers never touch the device) and get the CPU
+    segments' stages, ``load`` and ``write`` once."""
 
     def __init__(self, num_workers: int, segments: dict[int, list[Stage]], last: int, load: Callable,
-                 write: Callable, keep_images: Callable[[int], bool]):
+                 write: Callable, keep_images: Callable[[int], bool], reads: dict[int, tuple[str, ...]]):
         method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
         context = multiprocessing.get_context(method)
         if method == "forkserver":  # what this job imported (its stages, writers...): once in the server, not per worker
@@ -273,27 +358,46 @@ class ProcessWorkers:
         self._listener = logging.handlers.QueueListener(self._log_queue, _ToLoggers())
         self._listener.start()
         level = logging.getLogger("synth").getEffectiveLevel()
-        self.executor = ProcessPoolExecutor(num_workers, mp_context=context, initializer=_init_worker,
-                                            initargs=(segments, last, load, write, keep_images, self._log_queue, level))
+        self._connections, self._processes = [], []
+        for k in range(num_workers):
+            ours, theirs = context.Pipe()
+            process = context.Process(target=_worker_main, name=f"synth-worker-{k}", daemon=True,
+                                      args=(theirs, segments, last, load, write, keep_images, reads,
+                                            self._log_queue, level))
+            process.start()
+            theirs.close()
+            self._connections.append(ours)
+            self._processes.append(process)
 
-    def run(self, slot: _Slot, step: int) -> Any:
-        """In a dispatching thread: the segment in a worker process; the slot gets its results."""
-        payload = slot.item if step == 0 else slot.sample
+    def run(self, slot: _Slot, step: int, worker: int) -> Any:
+        """In thread ``worker`` of the pool: the segment in process ``worker``; the slot gets its results."""
+        if step == 0:
+            payload = slot.item
+        else:  # the device segment's copy, without the images that came from the worker unchanged
+            payload = replace(slot.sample, **{name: None for name, image in slot.arrived.items()
+                                              if getattr(slot.sample, name) is image})
         try:
-            sample, written, result, error = self.executor.submit(_run_in_worker, step, payload).result()
-        except BrokenProcessPool:  # the pool cannot go on: stop with one line, the rerun resumes
+            self._connections[worker].send((step, slot.position, payload))
+            sample, written, result, error = self._connections[worker].recv()
+        except (EOFError, OSError):  # the process died: stop with one line, the rerun resumes
             raise WorkerLost("a worker process died (killed by the system: out of memory?); lower num_workers "
                              "or use workers=threads, then rerun the same command to resume") from None
         slot.sample, slot.written = sample, written
+        slot.arrived = {name: getattr(sample, name) for name in IMAGE_FIELDS
+                        if sample is not None and getattr(sample, name) is not None}
         if error is not None:
             raise error
         return result
 
     def shutdown(self, wait: bool = True) -> None:
-        if not wait:  # a second Ctrl-C: the samples in the workers are abandoned (SIGKILL: they ignore SIGTERM)
-            for process in list((getattr(self.executor, "_processes", None) or {}).values()):
-                process.kill()
-        self.executor.shutdown(wait=wait, cancel_futures=True)
+        """Close the connections: idle workers end. Without ``wait`` (a second Ctrl-C) the
+        processes are killed (SIGKILL: they ignore SIGTERM) with the samples they hold."""
+        for process in self._processes if not wait else ():
+            process.kill()
+        for connection in self._connections:
+            connection.close()
+        for process in self._processes:
+            process.join(None if wait else 5)
         self._listener.stop()
         self._log_queue.close()
 
@@ -318,24 +422,31 @@ class Pipeline:
         self.workers, self.keep_images = worker_kind(workers, num_workers), keep_images or _no_images
         self._processes: ProcessWorkers | None = None
         self.batch_size, self.num_workers = batch_size, num_workers
-        on_device = any(s.on_device for s in self.segments)
-        # A device batch must fit with the next one being decoded and the previous one being
-        # written; the workers need about two samples each to stay busy while commits wait for order.
-        default = 2 * num_workers + (3 * batch_size if on_device else 0)
-        self.window = max(window or default, batch_size if on_device else 1)
+        device_segments = sum(s.on_device for s in self.segments)
+        # A batch in each device segment must fit with the next one being decoded and the previous
+        # one being written; the workers need about two samples each to stay busy while commits
+        # wait for order.
+        default = 2 * num_workers + ((2 + device_segments) * batch_size if device_segments else 0)
+        self.window = max(window or default, batch_size if device_segments else 1)
         self._pool: WorkerPool | None = None
+        self._lanes: dict[int, DeviceLane] = {}
 
     def __enter__(self) -> "Pipeline":
         if self.workers == "processes":
             cpu = {k: s.stages for k, s in enumerate(self.segments) if not s.on_device}
+            reads = {k: tuple(dict.fromkeys(name for stage in s.stages for name in stage.reads))
+                     for k, s in enumerate(self.segments) if s.on_device}
             self._processes = ProcessWorkers(self.num_workers, cpu, len(self.segments) - 1, self.load, self.write,
-                                             self.keep_images)
+                                             self.keep_images, reads)
         self._pool = WorkerPool(self.num_workers)
+        self._lanes = {k: DeviceLane(k, s.stages) for k, s in enumerate(self.segments) if s.on_device}
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
         wait = not (exc_type is not None and issubclass(exc_type, KeyboardInterrupt))
         try:
+            for lane in self._lanes.values():
+                lane.shutdown(wait=wait)
             self._pool.shutdown(wait=wait)
         finally:
             if self._processes is not None:
@@ -344,12 +455,14 @@ class Pipeline:
     # -- tasks for the workers ---------------------------------------------------------------------
     def _run_cpu(self, slot: _Slot, step: int) -> Any:
         if self._processes is not None:
-            return self._processes.run(slot, step)
+            if slot.worker is None:  # its first segment: the process of the thread that took it keeps it
+                slot.worker = _THREAD.index
+            return self._processes.run(slot, step, slot.worker)
         return run_segment(slot, self.segments[step].stages, step == len(self.segments) - 1, self.load, self.write)
 
     def _submit(self, slot: _Slot, step: int) -> None:
         slot.step = step
-        slot.future = self._pool.submit((step, slot.position), self._run_cpu, slot, step)
+        slot.future = self._pool.submit((step, slot.position), self._run_cpu, slot, step, worker=slot.worker)
 
     # -- the main thread ---------------------------------------------------------------------------
     def run(self, items: Iterable[Any]) -> Iterator[tuple[Sample, Future | None]]:
@@ -375,18 +488,18 @@ class Pipeline:
                 slot = _Slot(position, item)
                 self._submit(slot, 0)
                 window.append(slot)
-            for slot in window:  # a CPU segment done: on to the device segment after it
+            for slot in window:  # a segment done: on to the next one
                 if slot.future is not None and slot.step < last and slot.future.done():
                     slot.future.result()  # raises only on a bug (stage errors fail the sample)
-                    slot.step, slot.future = slot.step + 1, None
-            batch = next((b for k in device_steps if (b := self._ready_batch(window, k, exhausted))), None)
-            if batch:
-                step = batch[0].step
-                for stage in self.segments[step].stages:
-                    run_stage(stage, [slot.sample for slot in batch])
-                for slot in batch:
-                    self._submit(slot, step + 1)
-                continue
+                    if self.segments[slot.step].on_device:
+                        self._submit(slot, slot.step + 1)
+                    else:  # waits for its batch to be complete
+                        slot.step, slot.future = slot.step + 1, None
+            for step in device_steps:  # every complete batch to its device segment's lane
+                while batch := self._ready_batch(window, step, exhausted):
+                    future = self._lanes[step].submit(batch[0].position, [slot.sample for slot in batch])
+                    for slot in batch:
+                        slot.future = future
             finished = 0
             while finished < len(window) and window[finished].step == last and window[finished].future.done():
                 finished += 1
@@ -403,8 +516,9 @@ class Pipeline:
             wait(running, timeout=1.0, return_when=FIRST_COMPLETED)  # timeout: notice a stop signal
 
     def _ready_batch(self, window: list[_Slot], step: int, exhausted: bool) -> list[_Slot] | None:
-        """The next batch for device segment ``step`` when all its samples have reached it."""
-        first = next((i for i, s in enumerate(window) if s.step <= step), None)
+        """The next batch for device segment ``step`` (the first not handed to its lane) when all its
+        samples have reached it."""
+        first = next((i for i, s in enumerate(window) if s.step < step or (s.step == step and s.future is None)), None)
         if first is None:
             return None
         number = window[first].position // self.batch_size

@@ -16,12 +16,13 @@ import threading
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from synth.app import build_runner
 from synth.errors import ConfigError
 from synth.faults import StopSignals
-from synth.sample import Sample
+from synth.sample import IMAGE_FIELDS, Sample
 from synth.schedule import Pipeline, plan, worker_count
 from synth.stages.base import Stage, resolve_device
 from tests.conftest import compose_config
@@ -88,11 +89,39 @@ def test_samples_come_back_in_input_order_whatever_order_the_workers_finish():
     assert all(record == {"id": s.id} for s, record in results)
 
 
-def test_device_batches_are_fixed_runs_of_batch_size_on_the_main_thread():
+def test_device_batches_are_fixed_runs_of_batch_size_on_a_thread_of_their_own():
     device = DeviceSleep()
     run([CpuSleep(lambda index: 0.02 * (index % 3)), device], count=8, batch_size=3, num_workers=3)
     assert device.batches == [[0, 1, 2], [3, 4, 5], [6, 7]]
-    assert device.threads == {"MainThread"}
+    assert len(device.threads) == 1 and device.threads != {"MainThread"}
+
+
+def test_two_device_segments_overlap_and_each_runs_one_batch_at_a_time():
+    """Two model stages (segmentation, captioning) each on its own thread: while one runs batch n+1
+    the other runs batch n, so the wall time is near one stage's total, not the two together."""
+    count, per_sample = 12, 0.05
+
+    class Guarded(DeviceSleep):
+        def __init__(self, name: str):
+            super().__init__(per_sample)
+            self.name, self.running, self.overlapped = name, 0, False
+
+        def process(self, batch: list[Sample]) -> None:
+            self.running += 1
+            self.overlapped |= self.running > 1
+            super().process(batch)
+            self.running -= 1
+
+    first, second = Guarded("segmentation"), Guarded("captioning")
+    start = time.perf_counter()
+    results = run([first, CpuSleep(), second], count=count, batch_size=2, num_workers=2)
+    wall = time.perf_counter() - start
+    assert [s.index for s, _ in results] == list(range(count))
+    assert first.batches == second.batches == [[2 * k, 2 * k + 1] for k in range(count // 2)]
+    assert not first.overlapped and not second.overlapped  # a stage is never called twice at once
+    assert first.threads.isdisjoint(second.threads)
+    serial = 2 * count * per_sample
+    assert wall < 0.8 * serial, f"{wall:.2f} s: the device segments did not overlap (serial: {serial:.2f} s)"
 
 
 def test_a_device_stage_overlaps_with_the_cpu_stages():
@@ -240,3 +269,72 @@ def test_an_abort_does_not_wait_for_the_sample_in_a_worker():
             for _ in pipeline.run(range(3)):
                 pass  # never reached: the sample sleeps for 30 s
     assert time.perf_counter() - start < 20
+
+
+# --- worker processes: a sample stays in the process that decoded it ----------------------------
+class AddsAlbedo(Stage):
+    name = "albedo"
+
+    def process_sample(self, sample: Sample) -> None:
+        sample.albedo = np.full((4, 4, 3), sample.index, np.uint8)
+
+
+class SeesWhatItReads(Stage):
+    """A device stage that reads the image only: records which images it was given."""
+
+    name = "segmentation"
+    batched_on_device = True
+
+    def process(self, batch: list[Sample]) -> None:
+        for sample in batch:
+            sample.params["seen"] = sorted(n for n in IMAGE_FIELDS if getattr(sample, n) is not None)
+            sample.mask = np.full((4, 4), 0.5, np.float32)
+
+
+class ChecksWhatItKept(Stage):
+    name = "recombine"
+
+    def process_sample(self, sample: Sample) -> None:
+        sample.params["kept"] = sorted(n for n in IMAGE_FIELDS if getattr(sample, n) is not None)
+        sample.caption = f"albedo {sample.albedo[0, 0, 0]}, mask {sample.mask[0, 0]}"
+
+
+def load_with_image(index: int) -> Sample:
+    sample = load(index)
+    sample.image = np.zeros((4, 4, 3), np.uint8)
+    return sample
+
+
+def record_of(sample: Sample) -> dict:
+    return {"params": sample.params, "caption": sample.caption, "pid": os.getpid()}
+
+
+def test_worker_processes_send_a_device_stage_only_the_images_it_reads_and_keep_the_rest():
+    """The albedo made in a worker process does not travel to the device segment (which reads the
+    image only), yet the next segment, in the same process, still has it beside the new mask."""
+    with Pipeline([AddsAlbedo(), SeesWhatItReads(), ChecksWhatItKept()], load_with_image, record_of,
+                  batch_size=2, num_workers=2, workers="processes") as pipeline:
+        records = [(sample, future.result()) for sample, future in pipeline.run(range(6))]
+    assert [sample.index for sample, _ in records] == list(range(6))
+    for sample, record in records:
+        assert record["pid"] != os.getpid()
+        assert record["params"]["seen"] == ["image"]
+        assert record["params"]["kept"] == ["albedo", "image", "mask"]
+        assert record["caption"] == f"albedo {sample.index}, mask 0.5"
+        assert sample.image is None and sample.albedo is None  # written: the images stayed in the worker
+
+
+def test_processes_with_alternating_device_segments_give_the_bytes_of_threads(tmp_path):
+    """Every weight-free stage's ``reads`` is complete: scheduled as a device stage between CPU
+    segments in worker processes, it gives the same outputs as with threads."""
+    inputs = make_inputs(tmp_path / "in", 5)
+    runs = []
+    for kind, on_device in [("threads", ()), ("processes", ("segmentation", "shadow", "captioning")),
+                            ("processes", ("albedo", "recombine"))]:
+        run_dir = tmp_path / f"run-{kind}-{'-'.join(on_device)}"
+        summary = runner_for(inputs, run_dir, f"workers={kind}", "num_workers=2", "batch_size=2",
+                             "max_failure_rate=1.0", on_device=on_device).run()
+        assert summary["done"] >= 3 and summary["done"] + summary["failed"] == 5
+        runs.append(run_dir)
+    for run_dir in runs[1:]:
+        assert_same_results(result_files(run_dir), result_files(runs[0]))

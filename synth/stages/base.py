@@ -21,6 +21,12 @@ class Stage:
     # on the main thread with whole batches; other stages run one sample at a time in the workers.
     batched_on_device: bool = False
 
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """Every Sample image field the stage may read: ``requires`` plus optional ones it uses when
+        present. With ``workers=processes`` a device stage gets its samples with these images only."""
+        return self.requires
+
     def setup(self, device: str) -> None:
         """Load models once per process. ``device`` is 'auto', 'cpu', 'cuda' or 'cuda:N'."""
 

@@ -23,6 +23,7 @@ class AlphaComposite(Stage):
 
     name = "recombine"
     requires = ("image", "mask")
+    reads = ("image", "mask", "degraded")  # the degraded subject when stage 3 ran
     provides = ("composite",)
 
     def __init__(self, background: str = "original", gray_color=(128, 128, 128)):

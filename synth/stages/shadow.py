@@ -299,6 +299,10 @@ class SoftShading(Stage):
     def batched_on_device(self) -> bool:  # the depth or normals model runs on the device
         return self.depth is not None or self.marigold is not None
 
+    @property
+    def reads(self) -> tuple[str, ...]:  # and stage 2's decomposition, when it made one
+        return tuple(dict.fromkeys(self.requires + ("albedo", "shading", "residual")))
+
     def setup(self, device: str) -> None:
         if self.depth is not None:
             self.depth.setup(device)
@@ -392,6 +396,10 @@ class Mix(Stage):
     @property
     def batched_on_device(self) -> bool:
         return self.soft.batched_on_device and any(choice != "hard" for choice in self.weights.values)
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.requires + self.soft.reads))
 
     def setup(self, device: str) -> None:
         if any(choice != "hard" for choice in self.weights.values):
