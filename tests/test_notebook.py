@@ -27,7 +27,9 @@ def test_notebook_runs_against_a_tiny_run(tmp_path, monkeypatch):
     monkeypatch.setenv("SYNTH_RUN_DIR", str(run_dir))  # the kernel inherits this environment
     nb = nbformat.read(NOTEBOOK, as_version=4)
     # python3 is ipykernel's own kernel, started with this interpreter (sys.executable).
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    # Generous limits (per cell, kernel start: 60 s by default): a loaded CI machine starts a kernel slowly.
+    NotebookClient(nb, timeout=600, startup_timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
     assert not [out for out in outputs if out.output_type == "error"]
     text = "".join(out.get("text", "") for out in outputs if out.output_type == "stream")

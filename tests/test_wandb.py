@@ -101,7 +101,8 @@ def wandb_env(root: Path) -> dict[str, str]:
            ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR")}
     for path in env.values():
         Path(path).mkdir(parents=True, exist_ok=True)
-    env.update(WANDB_MODE="offline", HOME=str(root), NETRC=str(root / "no-netrc"))
+    env.update(WANDB_MODE="offline", HOME=str(root), NETRC=str(root / "no-netrc"),
+               WANDB__SERVICE_WAIT="300", WANDB_INIT_TIMEOUT="300")  # a loaded machine starts wandb-core slowly
     return env
 
 
