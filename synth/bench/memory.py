@@ -10,11 +10,18 @@ largest count (target: at most 2 KB/sample; ``metadata.json`` under 256 KB at an
 Then it times listing a generated ``--csv-rows``-row CSV (``data=csv``) and a folder of
 ``--folder-files`` empty images (``data=folder``), and selecting one shard of 64 from each, with
 the Python memory each listing holds (tracemalloc).
+
+``--resume N`` times resume's completeness check (``Runner._resume_state`` with the folder
+writer: samples.jsonl read, every file of every record checked at its recorded size) over a run
+directory of N complete samples: one real sample from a one-photo job, cloned N times (same
+record, ids and paths changed; files created at their recorded sizes, sparse). Median of
+``--repeats`` checks, in records/s; the files are in the page cache (a cold cache is slower).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -117,19 +124,76 @@ def folder_listing(workdir: Path, files: int, num_shards: int = 64) -> dict:
             "peak_mb": peak / 1e6}
 
 
+def clone_run_dir(workdir: Path, records: int) -> Path:
+    """A run directory of ``records`` complete samples: the one sample of a one-photo job, its
+    record and files cloned under every id (files at their recorded sizes, sparse)."""
+    from synth.files import to_json
+
+    measure_job(workdir / "template", 1)
+    template_dir = workdir / "template" / "run"
+    [line] = (template_dir / "samples.jsonl").read_text().splitlines()
+    template = json.loads(line)
+    width = max(6, len(str(max(records - 1, 0))))  # ImageFolder.id_of
+    old_id = template["image_id"]
+    run_dir = workdir / "resume"
+    for f in template["files"]:
+        (run_dir / f["path"]).parent.mkdir(parents=True, exist_ok=True)
+    (workdir / "inputs.csv").write_text("image_path\n" + "".join(f"p/{i}.png\n" for i in range(records)))
+    with open(run_dir / "samples.jsonl", "w") as out:
+        for index in range(records):
+            sid = f"{index:0{width}d}"
+            record = json.loads(line.replace(f"{old_id}_", f"{sid}_"))  # the id in every file name
+            record.update(image_id=sid, index=index, source=str(workdir / f"p/{index}.png"))
+            for f in record["files"]:
+                fd = os.open(run_dir / f["path"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.ftruncate(fd, f["bytes"])
+                os.close(fd)
+            out.write(to_json(record, indent=None) + "\n")
+    return run_dir
+
+
+def resume_check(workdir: Path, records: int, repeats: int = 3) -> dict:
+    """Median seconds of resume's completeness check over a cloned run directory of ``records``
+    complete samples (``clone_run_dir``); every sample must be found complete."""
+    from synth.data import CsvSource
+    from synth.runner import Runner
+    from synth.writers.folder import FolderWriter
+
+    run_dir = clone_run_dir(workdir, records)
+    times = []
+    for _ in range(repeats):
+        writer = FolderWriter()
+        writer.open(run_dir)
+        runner = Runner(CsvSource(path=str(workdir / "inputs.csv")), [], [writer], run_dir=run_dir)
+        start = time.perf_counter()
+        runner._resume_state()  # what a rerun does before its first sample, the listing aside
+        times.append(time.perf_counter() - start)
+        complete = sum(runner._complete(i) for i in range(records))
+        if complete != records:
+            raise RuntimeError(f"resume found {complete} of {records} cloned samples complete")
+    times.sort()
+    return {"records": records, "median_s": times[len(times) // 2], "runs_s": times,
+            "files": records * len(json.loads(next(open(run_dir / "samples.jsonl")))["files"])}
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m synth.bench memory", description=__doc__)
-    parser.add_argument("--counts", type=int, nargs="+", default=[300, 3000, 30000], help="photos per job")
+    parser.add_argument("--counts", type=int, nargs="*", default=[300, 3000, 30000],
+                        help="photos per job (none: no jobs)")
     parser.add_argument("--size", type=int, default=32, help="photo side in pixels")
     parser.add_argument("--csv-rows", type=int, default=1_000_000, help="rows of the generated CSV (0: skip)")
     parser.add_argument("--folder-files", type=int, default=100_000, help="files of the generated folder (0: skip)")
+    parser.add_argument("--resume", type=int, default=0, metavar="N",
+                        help="time resume's completeness check over N cloned complete samples (0: skip)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of the resume check (the median is printed)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
     args = parser.parse_args(argv)
 
-    print(f"synth memory benchmark: {args.size}x{args.size} photos, masks given (segmentation=mask_folder "
-          f"logger=none), peak RSS of the job process")
-    print("| photos | peak RSS | wall time | metadata.json | rerun, all complete |")
-    print("|---:|---:|---:|---:|---:|")
+    if args.counts:
+        print(f"synth memory benchmark: {args.size}x{args.size} photos, masks given (segmentation=mask_folder "
+              f"logger=none), peak RSS of the job process")
+        print("| photos | peak RSS | wall time | metadata.json | rerun, all complete |")
+        print("|---:|---:|---:|---:|---:|")
     results = []
     for count in args.counts:
         with tempfile.TemporaryDirectory() as tmp:  # (removing 13 files per photo takes a while)
@@ -150,3 +214,10 @@ def main(argv: list[str]) -> None:
             print(f"{what.format(result['rows'])}: listed in {result['list_s']:.2f} s, shard 3 of 64 "
                   f"({result['shard_items']:,} items) selected in {result['shard_s']:.2f} s, "
                   f"{result['peak_mb']:.0f} MB peak Python memory")
+    if args.resume:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = resume_check(Path(tmp), args.resume, args.repeats)
+        runs = ", ".join(f"{t:.2f}" for t in result["runs_s"])
+        print(f"resume check, {result['records']:,} complete samples ({result['files']:,} files): "
+              f"{result['median_s']:.2f} s, {result['records'] / result['median_s']:,.0f} records/s "
+              f"(median of {len(result['runs_s'])}: {runs} s)")
