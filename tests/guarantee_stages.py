@@ -54,6 +54,12 @@ class KillsItsWorker(TemplateCaption):
         super().process_sample(sample)
 
 
+def tests_on_path() -> dict[str, str]:
+    """The environment entry that lets ``python -m synth`` import this module (the caller's
+    PYTHONPATH kept after it: a copy of the tree under test, as mutation testing runs)."""
+    return {"PYTHONPATH": os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)}
+
+
 def wait_for(condition: Callable[[], object], what: str, proc: subprocess.Popen | None = None,
              timeout_s: float = 120) -> None:
     """Poll ``condition`` until it holds; fail naming ``what`` if ``proc`` ends first or after
@@ -76,7 +82,7 @@ class GatedJob:
     def __init__(self, tmp_path: Path, run_dir: Path, *args: str, gate_from: int = 0, new_session: bool = False):
         self.run_dir, self.gate, self.held_dir = run_dir, tmp_path / "gate-open", tmp_path / "held"
         self.held_dir.mkdir()
-        env = {**os.environ, "PYTHONPATH": str(TESTS), "PYTHONUNBUFFERED": "1", "SYNTH_TEST_GATE": str(self.gate),
+        env = {**os.environ, **tests_on_path(), "PYTHONUNBUFFERED": "1", "SYNTH_TEST_GATE": str(self.gate),
                "SYNTH_TEST_GATE_FROM": str(gate_from), "SYNTH_TEST_HELD": str(self.held_dir)}
         cmd = [sys.executable, "-m", "synth", f"hydra.run.dir={run_dir}", "logger=none", *args,
                "captioning._target_=guarantee_stages.Gated"]
@@ -88,7 +94,7 @@ class GatedJob:
         return sorted(p.name for p in self.held_dir.iterdir())
 
     def wait_until_held(self, count: int = 1) -> None:
-        wait_for(lambda: len(self.held()) >= count, f"{count} sample(s) held at the gate", self.proc)
+        self._wait(lambda: len(self.held()) >= count, f"{count} sample(s) held at the gate")
 
     def send(self, sig: signal.Signals) -> None:
         """``sig`` to the job, and to its process group when it has its own (Ctrl-C in a terminal)."""
@@ -101,11 +107,29 @@ class GatedJob:
         """``sig``, then wait until the job's handler has taken it (its log line): the job is
         stopping, and a second signal would reach the previous handler."""
         self.send(sig)
-        wait_for(lambda: any(f"{sig.name}: finishing the samples in flight" in p.read_text(errors="replace")
-                             for p in self.run_dir.glob("*.log")), f"the {sig.name} handler's log line", self.proc)
+        self._wait(lambda: any(f"{sig.name}: finishing the samples in flight" in p.read_text(errors="replace")
+                               for p in self.run_dir.glob("*.log")), f"the {sig.name} handler's log line")
 
     def open_gate(self) -> None:
         self.gate.touch()
 
     def communicate(self, timeout_s: float = 120) -> tuple[str, str]:
-        return self.proc.communicate(timeout=timeout_s)
+        try:
+            return self.proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"the job did not end within {timeout_s} s") from None
+
+    def kill(self) -> None:
+        """SIGKILL to the job (and its worker processes when it has its own group); a test that
+        fails leaves no job behind."""
+        if self.proc.poll() is None:
+            self.send(signal.SIGKILL)
+            self.proc.communicate()
+
+    def _wait(self, condition: Callable[[], object], what: str) -> None:
+        try:
+            wait_for(condition, what, self.proc)
+        except AssertionError:
+            self.kill()
+            raise

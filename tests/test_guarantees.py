@@ -27,8 +27,8 @@ import pytest
 from PIL import Image
 
 from synth.sample import Sample
-from tests.conftest import read_samples, REPO, built_stage, read_summary, run_synth
-from tests.guarantee_stages import GatedJob
+from tests.conftest import read_samples, built_stage, read_summary, run_synth
+from tests.guarantee_stages import GatedJob, tests_on_path
 from tests.test_robustness_run import assert_no_partial_files, files_of, photo, run_job
 
 
@@ -115,7 +115,7 @@ def job(tmp_path: Path, *overrides: str, run: str = "run") -> tuple[subprocess.C
     """``python -m synth`` over tmp_path/in into tmp_path/RUN: (process, metadata.json or None)."""
     run_dir = tmp_path / run
     proc = run_synth(run_dir, "data=folder", f"data.path={tmp_path / 'in'}", "num_workers=1", *overrides,
-                     check=False, env={"PYTHONPATH": str(REPO / "tests")})
+                     check=False, env=tests_on_path())
     summary = read_summary(run_dir) if (run_dir / "metadata.json").is_file() else None
     return proc, summary
 

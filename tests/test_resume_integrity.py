@@ -186,7 +186,7 @@ def test_a_configuration_error_in_stage_setup_is_exit_2_in_metadata_json(tmp_pat
 def test_a_second_job_in_a_busy_run_directory_is_refused(tmp_path):
     data, run_dir = photos(tmp_path / "in", "a.png"), tmp_path / "run"
     run_dir.mkdir()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])  # killed below: alive throughout
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])  # alive until killed below
     try:
         import socket
         (run_dir / "synth.lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))

@@ -27,8 +27,8 @@ from synth.app import build_runner, format_summary
 from synth.errors import ConfigError, OutputError
 from synth.faults import exit_status
 from synth.loggers import NullLogger
-from tests.conftest import REPO, read_samples, compose_config, read_summary, run_synth
-from tests.guarantee_stages import GatedJob
+from tests.conftest import read_samples, compose_config, read_summary, run_synth
+from tests.guarantee_stages import GatedJob, tests_on_path
 
 def photo(path: Path, h: int = 48, w: int = 64, seed: int = 0, mode: str = "RGB") -> Path:
     """A small smooth image with a brighter centre (GrabCut finds a subject in it)."""
@@ -315,7 +315,7 @@ def test_sigterm_stops_cleanly_and_a_rerun_resumes(tmp_path):
     assert_no_partial_files(run_dir)
 
     run_synth(run_dir, *args, "captioning._target_=guarantee_stages.Gated",  # no gate: the template caption
-              env={"PYTHONPATH": str(REPO / "tests")})
+              env=tests_on_path())
     again = read_summary(run_dir)
     assert again["skipped_complete"] == summary["done"] and again["done"] == n - summary["done"]
     assert len(list((run_dir / "outputs").glob("*_metadata.json"))) == n

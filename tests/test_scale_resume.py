@@ -11,8 +11,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, read_summary, run_synth
-from tests.guarantee_stages import GatedJob
+from tests.conftest import read_summary, run_synth
+from tests.guarantee_stages import GatedJob, tests_on_path
 from tests.scale_helpers import assert_same_results, make_inputs, result_files
 
 pytestmark = pytest.mark.slow
@@ -38,7 +38,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
     args = ["data=folder", f"data.path={inputs}", "batch_size=1", "num_workers=1",
             "writers=[webdataset,hf]", "writers.webdataset.maxcount=3", "writers.hf.rows_per_shard=3"]
     gated = ["captioning._target_=guarantee_stages.Gated"]  # without a gate: the template caption
-    env = {"PYTHONPATH": str(REPO / "tests")}
+    env = tests_on_path()
     reference = tmp_path / "reference"
     run_synth(reference, *args, *gated, env=env)
 

@@ -13,8 +13,8 @@ import pytest
 
 from synth.bench.memory import measure_job
 from synth.rundir import TimingStats, repair_torn_tail
-from tests.conftest import REPO, read_samples, read_summary, run_synth
-from tests.guarantee_stages import GatedJob
+from tests.conftest import read_samples, read_summary, run_synth
+from tests.guarantee_stages import GatedJob, tests_on_path
 from tests.test_robustness_run import photo, run_job
 
 
@@ -88,7 +88,7 @@ def test_sigkill_mid_run_then_rerun_appends_without_duplicates(tmp_path):
     assert 3 <= kept < count
 
     run_synth(run_dir, *args, "captioning._target_=guarantee_stages.Gated",  # no gate: the template caption
-              env={"PYTHONPATH": str(REPO / "tests")})
+              env=tests_on_path())
     summary = read_summary(run_dir)
     assert summary["skipped_complete"] == kept and summary["complete"] == count
     lines = read_samples_lines(records)
