@@ -135,9 +135,6 @@ def plan(stages: Sequence[Stage]) -> list[Segment]:
     return segments
 
 
-_THREAD = threading.local()  # in a WorkerPool thread: ``index``, its number in the pool
-
-
 class WorkerPool:
     """Threads that run the queued task of highest priority first (lowest ``priority`` tuple).
 
@@ -169,7 +166,6 @@ class WorkerPool:
         return future
 
     def _work(self, index: int) -> None:
-        _THREAD.index = index
         own = self._pinned[index]
         while True:
             with self._ready:
@@ -455,10 +451,19 @@ class Pipeline:
     # -- tasks for the workers ---------------------------------------------------------------------
     def _run_cpu(self, slot: _Slot, step: int) -> Any:
         if self._processes is not None:
-            if slot.worker is None:  # its first segment: the process of the thread that took it keeps it
-                slot.worker = _THREAD.index
             return self._processes.run(slot, step, slot.worker)
         return run_segment(slot, self.segments[step].stages, step == len(self.segments) - 1, self.load, self.write)
+
+    def _least_loaded(self, window: list[_Slot]) -> int | None:
+        """With worker processes: the one that holds the fewest samples in flight, which will hold the
+        next one to its end (balanced when samples start, not by which process is free first: a
+        process that decoded more samples would have more of the costly later segments to run)."""
+        if self._processes is None:
+            return None
+        held = [0] * self.num_workers
+        for slot in window:
+            held[slot.worker] += 1
+        return held.index(min(held))
 
     def _submit(self, slot: _Slot, step: int) -> None:
         slot.step = step
@@ -485,7 +490,7 @@ class Pipeline:
                 if position is None:
                     exhausted = True
                     break
-                slot = _Slot(position, item)
+                slot = _Slot(position, item, worker=self._least_loaded(window))
                 self._submit(slot, 0)
                 window.append(slot)
             for slot in window:  # a segment done: on to the next one

@@ -30,6 +30,8 @@ SMALLEST = {
     # Every model stage on tiny random architectures takes about a minute on 2 cores: --help here;
     # tests/test_models_*.py run the same model code paths.
     "models": (["--help"], "--tiny"),
+    "lanes": (["--count", "4", "--size", "16", "--batch-size", "2", "--device-ms", "1,1", "--cpu-ms", "1",
+               "--num-workers", "2", "--workers", "threads,processes", "--repeats", "1"], "lanes / serial"),
 }
 
 
