@@ -303,6 +303,7 @@ def _worker_main(connection: Any, segments: dict[int, list[Stage]], last: int, l
     root.handlers = [logging.handlers.QueueHandler(log_queue)]
     root.setLevel(log_level)
     held: dict[int, Sample] = {}  # position -> sample, between its segments
+    connection.send(None)  # ready
     while True:
         try:
             step, position, payload = connection.recv()
@@ -335,6 +336,19 @@ class _ToLoggers:
             logger.handle(record)
 
 
+def start_process_server() -> Any:
+    """The multiprocessing context of worker processes. With "forkserver" its server starts now (if
+    not yet running) and imports, once, what this job has imported of synth (its stages, writers,
+    and their libraries), so each worker forks from it ready; the runner calls this before loading
+    the models, so that this happens meanwhile."""
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload(sorted(m for m in sys.modules if m.split(".")[0] == "synth"))
+        multiprocessing.forkserver.ensure_running()
+    return context
+
+
 class ProcessWorkers:
     """``num_workers`` worker processes, process k fed by thread k of the pool (which waits on it,
     releasing the GIL), so tasks start in the same priority order as with threads. A sample stays
@@ -346,10 +360,7 @@ class ProcessWorkers:
 
     def __init__(self, num_workers: int, segments: dict[int, list[Stage]], last: int, load: Callable,
                  write: Callable, keep_images: Callable[[int], bool], reads: dict[int, tuple[str, ...]]):
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        context = multiprocessing.get_context(method)
-        if method == "forkserver":  # what this job imported (its stages, writers...): once in the server, not per worker
-            context.set_forkserver_preload(sorted(m for m in sys.modules if m.split(".")[0] == "synth"))
+        context = start_process_server()
         self._log_queue = context.Queue()
         self._listener = logging.handlers.QueueListener(self._log_queue, _ToLoggers())
         self._listener.start()
@@ -364,6 +375,12 @@ class ProcessWorkers:
             theirs.close()
             self._connections.append(ours)
             self._processes.append(process)
+        for connection in self._connections:  # up and ready: a job's clock starts on running workers
+            try:
+                connection.recv()
+            except (EOFError, OSError):
+                self.shutdown(wait=False)
+                raise WorkerLost("a worker process failed to start (see the log above)") from None
 
     def run(self, slot: _Slot, step: int, worker: int) -> Any:
         """In thread ``worker`` of the pool: the segment in process ``worker``; the slot gets its results."""
