@@ -6,7 +6,7 @@
 #
 # Steps, the short ones first, each under `timeout` and inside a total budget (GPU_CHECK_BUDGET_S,
 # default 500 s), so a hang or failure costs only that step and the next still runs:
-#   models    python -m synth.bench models: sam3, sam (vit_b), blip at batch 32 (peak GPU memory per row)
+#   models    python -m synth.bench models: sam3, sam (vit_b), blip, vlm at batch 32 (peak GPU memory per row)
 #   pipeline  python -m synth.bench pipeline: the weight-free job, masks given, every core (num_workers default),
 #             workers=processes (--tiny: threads and processes interleaved)
 #   e2e       python -m synth.bench e2e --segmentation sam3 --captioning blip at 1024 px, 96 photos, batch 32,
@@ -93,7 +93,7 @@ fi
 
 step e2e 240 "$PY" -m synth.bench e2e --segmentation sam3 --captioning blip "${E2E[@]}"
 step pipeline 100 "$PY" -m synth.bench pipeline "${PIPELINE[@]}"
-step models 120 "$PY" -m synth.bench models --stages sam3,sam,blip "${MODELS[@]}"
+step models 150 "$PY" -m synth.bench models --stages sam3,sam,blip,vlm "${MODELS[@]}"
 if "$PY" -c "import sys, synth.bench.models as m; sys.exit('marigold_iid' not in m.STAGES)" 2>/dev/null; then
     step marigold 100 "$PY" -m synth.bench models --stages marigold_iid,marigold_normals "${MARIGOLD[@]}"
 else
