@@ -9,7 +9,9 @@ the device or numpy/OpenCV work does, so the overlap test shows the pipeline's s
 from __future__ import annotations
 
 import _thread
+import contextlib
 import os
+from collections import Counter
 import signal
 import sys
 import threading
@@ -316,6 +318,7 @@ def test_worker_processes_send_a_device_stage_only_the_images_it_reads_and_keep_
                   batch_size=2, num_workers=2, workers="processes") as pipeline:
         records = [(sample, future.result()) for sample, future in pipeline.run(range(6))]
     assert [sample.index for sample, _ in records] == list(range(6))
+    assert sorted(Counter(record["pid"] for _, record in records).values()) == [3, 3]  # spread evenly
     for sample, record in records:
         assert record["pid"] != os.getpid()
         assert record["params"]["seen"] == ["image"]
@@ -338,3 +341,33 @@ def test_processes_with_alternating_device_segments_give_the_bytes_of_threads(tm
         runs.append(run_dir)
     for run_dir in runs[1:]:
         assert_same_results(result_files(run_dir), result_files(runs[0]))
+
+
+def test_on_cuda_each_lane_launches_on_a_stream_of_its_own(monkeypatch):
+    """With a stand-in ``torch`` (no GPU here): a device segment whose stage is on ``cuda:1`` gets one
+    stream on that device, made to wait for the work queued before it (the models' set-up), and
+    every batch runs inside it; a stage on the CPU gets none. This proves the calls, not CUDA."""
+    calls = []
+
+    class Stream:
+        def __init__(self, device):
+            calls.append(("stream", device))
+
+        def wait_stream(self, other):
+            calls.append(("wait", other))
+
+    @contextlib.contextmanager
+    def stream(chosen):
+        calls.append(("enter", threading.current_thread().name))
+        yield
+        calls.append(("exit", threading.current_thread().name))
+
+    cuda = SimpleNamespace(Stream=Stream, stream=stream, current_stream=lambda device: f"current {device}")
+    monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=cuda))
+    on_gpu, on_cpu = DeviceSleep(), DeviceSleep()
+    on_gpu.device, on_cpu.device, on_cpu.name = "cuda:1", "cpu", "captioning"
+    run([on_gpu, CpuSleep(), on_cpu], count=6, batch_size=2)
+    assert calls[:2] == [("stream", "cuda:1"), ("wait", "current cuda:1")]
+    assert [c for c in calls if c[0] == "stream"] == [("stream", "cuda:1")]  # one stream, for the GPU lane
+    entered = [c for c in calls if c[0] == "enter"]
+    assert len(entered) == 3 and {name for _, name in entered} == on_gpu.threads  # each batch, in its lane
