@@ -161,12 +161,56 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
         return
     with f:
         for line in f:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
+            record = _parse(line)
+            if record is not None:
                 yield record
+
+
+def _parse(line: str | bytes) -> dict[str, Any] | None:
+    """One line as a JSON object, None when it is not one (decoded as ``read_jsonl`` decodes)."""
+    try:
+        record = json.loads(line.decode("utf-8", "surrogateescape") if isinstance(line, bytes) else line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def jsonl_blocks(path: Path, size: int = 1 << 20) -> Iterator[tuple[int, int]]:
+    """``path`` cut into byte ranges ``(start, end)`` of whole lines, about ``size`` bytes each:
+    blocks that readers in parallel parse with ``read_jsonl_block``."""
+    with open(path, "rb") as f:
+        end_of_file = f.seek(0, os.SEEK_END)
+        start = 0
+        while start < end_of_file:
+            f.seek(start + size - 1)
+            f.readline()  # to the end of the line that holds the block's last byte
+            end = min(f.tell(), end_of_file)
+            yield start, end
+            start = end
+
+
+def _lines(path: Path, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """``(offset, line)`` for the lines of ``path`` in ``[start, end)`` (as ``jsonl_blocks`` cuts)."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    for line in data.splitlines(keepends=True):
+        yield start, line
+        start += len(line)
+
+
+def read_jsonl_block(path: Path, start: int, end: int) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    """``(offset, record)`` for each line of one block of ``jsonl_blocks``; record None where
+    the line is not a JSON object (``read_jsonl`` skips those)."""
+    for offset, line in _lines(path, start, end):
+        yield offset, _parse(line)
+
+
+def drop_jsonl_lines(path: Path, offsets: set[int]) -> None:
+    """Rewrite ``path`` without its lines that start at ``offsets``, the others byte for byte
+    (streamed to a temporary file, then renamed)."""
+    _write_atomically(path, (line for block in jsonl_blocks(path) for offset, line in _lines(path, *block)
+                             if offset not in offsets))
 
 
 class JsonlLog:
@@ -198,11 +242,6 @@ class JsonlLog:
 def _line(record: dict[str, Any]) -> str:
     """One JSON line (sorted keys, numpy values as numbers; ASCII, so any path survives)."""
     return to_json(record, indent=None) + "\n"
-
-
-def rewrite_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    """Replace ``path`` by ``records`` (streamed to a temporary file, then renamed)."""
-    _write_atomically(path, (_line(record).encode() for record in records))
 
 
 # -- the input manifest ---------------------------------------------------------------------------

@@ -14,7 +14,8 @@ the Python memory each listing holds (tracemalloc).
 ``--resume N`` times resume's completeness check (``Runner._resume_state`` with the folder
 writer: samples.jsonl read, every file of every record checked at its recorded size) over a run
 directory of N complete samples: one real sample from a one-photo job, cloned N times (same
-record, ids and paths changed; files created at their recorded sizes, sparse). Median of
+record, ids and paths changed; files created at their recorded sizes, sparse, and hard links
+where the writer links). Median of
 ``--repeats`` checks, in records/s; the files are in the page cache (a cold cache is slower).
 """
 
@@ -126,7 +127,8 @@ def folder_listing(workdir: Path, files: int, num_shards: int = 64) -> dict:
 
 def clone_run_dir(workdir: Path, records: int) -> Path:
     """A run directory of ``records`` complete samples: the one sample of a one-photo job, its
-    record and files cloned under every id (files at their recorded sizes, sparse)."""
+    record and files cloned under every id (files at their recorded sizes, sparse; the
+    ``outputs/`` links to stage files hard links, as the folder writer makes them)."""
     from synth.files import to_json
 
     measure_job(workdir / "template", 1)
@@ -135,6 +137,7 @@ def clone_run_dir(workdir: Path, records: int) -> Path:
     template = json.loads(line)
     width = max(6, len(str(max(records - 1, 0))))  # ImageFolder.id_of
     old_id = template["image_id"]
+    inodes = {f["path"]: (template_dir / f["path"]).stat().st_ino for f in template["files"]}
     run_dir = workdir / "resume"
     for f in template["files"]:
         (run_dir / f["path"]).parent.mkdir(parents=True, exist_ok=True)
@@ -144,10 +147,16 @@ def clone_run_dir(workdir: Path, records: int) -> Path:
             sid = f"{index:0{width}d}"
             record = json.loads(line.replace(f"{old_id}_", f"{sid}_"))  # the id in every file name
             record.update(image_id=sid, index=index, source=str(workdir / f"p/{index}.png"))
+            made: dict[int, Path] = {}  # template inode -> its first clone: hard links stay links
             for f in record["files"]:
-                fd = os.open(run_dir / f["path"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                path, inode = run_dir / f["path"], inodes[f["path"].replace(f"{sid}_", f"{old_id}_")]
+                if inode in made:
+                    os.link(made[inode], path)
+                    continue
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 os.ftruncate(fd, f["bytes"])
                 os.close(fd)
+                made[inode] = path
             out.write(to_json(record, indent=None) + "\n")
     return run_dir
 

@@ -99,10 +99,11 @@ class FolderWriter:
         sample_id = record.get("image_id")
         if not isinstance(files, list) or not isinstance(sample_id, str):
             return False
-        root, metadata = str(self.root), self.metadata_path(sample_id).relative_to(self.root).as_posix()
+        # plain strings, no pathlib: resume calls this for every record
+        root, metadata = f"{self.root}{os.sep}", METADATA_FILE.format(id=sample_id)
         try:
             return (any(f["path"] == metadata for f in files)
-                    and all(os.stat(os.path.join(root, f["path"])).st_size == f["bytes"] for f in files))
+                    and all(os.stat(root + f["path"]).st_size == f["bytes"] for f in files))
         except (OSError, ValueError, TypeError, KeyError):
             return False
 
