@@ -269,13 +269,17 @@ def _with_images(sample: Sample, keep: Iterable[str]) -> Sample:
     return replace(sample, **{name: None for name in IMAGE_FIELDS if name not in keep})
 
 
-def _merge(sample: Sample, update: Sample) -> Sample:
-    """``sample`` (held by a worker process) with what a device segment did to its copy ``update``:
-    every small field, and the images that ``update`` carries (those it changed)."""
+def _merge(sample: Sample, update: tuple[Sample, dict[str, str]]) -> Sample:
+    """``sample`` (held by a worker process) with what a device segment did to its copy: every small
+    field, the images the copy carries (those it changed), and the fields it set to one of the
+    images it was sent (``foreground = image``: a name, not 3 MB again)."""
+    changed, same_as = update
     for f in fields(Sample):
-        value = getattr(update, f.name)
+        value = getattr(changed, f.name)
         if value is not None or f.name not in IMAGE_FIELDS:
             setattr(sample, f.name, value)
+    for name, other in same_as.items():
+        setattr(sample, name, getattr(sample, other))
     return sample
 
 
@@ -386,9 +390,11 @@ class ProcessWorkers:
         """In thread ``worker`` of the pool: the segment in process ``worker``; the slot gets its results."""
         if step == 0:
             payload = slot.item
-        else:  # the device segment's copy, without the images that came from the worker unchanged
-            payload = replace(slot.sample, **{name: None for name, image in slot.arrived.items()
-                                              if getattr(slot.sample, name) is image})
+        else:  # the device segment's copy, without the images that came from the worker
+            sent = {id(image): name for name, image in slot.arrived.items()}  # alive: ids are theirs
+            same_as = {name: sent[id(getattr(slot.sample, name))] for name in IMAGE_FIELDS
+                       if id(getattr(slot.sample, name)) in sent}
+            payload = (replace(slot.sample, **{name: None for name in same_as}), same_as)
         try:
             self._connections[worker].send((step, slot.position, payload))
             sample, written, result, error = self._connections[worker].recv()

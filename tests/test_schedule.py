@@ -291,6 +291,7 @@ class SeesWhatItReads(Stage):
         for sample in batch:
             sample.params["seen"] = sorted(n for n in IMAGE_FIELDS if getattr(sample, n) is not None)
             sample.mask = np.full((4, 4), 0.5, np.float32)
+            sample.foreground = sample.image  # as segmentation's set_mask does
 
 
 class ChecksWhatItKept(Stage):
@@ -298,6 +299,7 @@ class ChecksWhatItKept(Stage):
 
     def process_sample(self, sample: Sample) -> None:
         sample.params["kept"] = sorted(n for n in IMAGE_FIELDS if getattr(sample, n) is not None)
+        sample.params["aliased"] = sample.foreground is sample.image  # not a second copy from the device side
         sample.caption = f"albedo {sample.albedo[0, 0, 0]}, mask {sample.mask[0, 0]}"
 
 
@@ -322,7 +324,8 @@ def test_worker_processes_send_a_device_stage_only_the_images_it_reads_and_keep_
     for sample, record in records:
         assert record["pid"] != os.getpid()
         assert record["params"]["seen"] == ["image"]
-        assert record["params"]["kept"] == ["albedo", "image", "mask"]
+        assert record["params"]["kept"] == ["albedo", "foreground", "image", "mask"]
+        assert record["params"]["aliased"] is True
         assert record["caption"] == f"albedo {sample.index}, mask 0.5"
         assert sample.image is None and sample.albedo is None  # written: the images stayed in the worker
 
