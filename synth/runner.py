@@ -9,13 +9,14 @@ import os
 import sys
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Sequence
 
 from synth.params import check_seed, setting
 from synth.data import ImageFolder
-from synth.errors import ConfigError, OutputError
+from synth.errors import ConfigError, OutputError, WorkerLost
 from synth.faults import (EXIT_OUTPUT_ERROR, JOB_ERRORS, StopSignals, as_output_error, check_max_failure_rate,
                           check_writable, exit_code_of, exit_status, printable)
 from synth.files import atomic_write_json
@@ -131,8 +132,8 @@ class Runner:
 
     def _resume_state(self) -> None:
         """Which writer has which of this shard's samples, without reading a pixel: the folder
-        writer by the records in samples.jsonl (checked against the files' recorded sizes in
-        worker threads), writers without records by ``is_complete(id)``. samples.jsonl is
+        writer by the records in samples.jsonl (checked against the files' recorded sizes by
+        worker threads or processes), writers without records by ``is_complete(id)``. samples.jsonl is
         rewritten without the lines of samples that are no longer complete (or duplicates)."""
         total = self.source.total
         self._has = [bytearray(total) for _ in self.writers]
@@ -151,18 +152,23 @@ class Runner:
         check = functools.partial(_check_records, [w for _, w in checkers], self.samples_path)
         dropped: set[int] = set()  # offsets of the lines to drop: incomplete or repeated samples
         unreadable: set[int] = set()  # offsets of lines that are not JSON objects (dropped with them)
-        # Blocks of whole lines, each parsed and checked by one thread (the stats release the
-        # GIL), a bounded window ahead; results in file order, since the first good line of an
-        # id wins. (A thread per record spent more time handing records over than checking them.)
-        with ThreadPoolExecutor(_RESUME_THREADS, thread_name_prefix="resume") as pool:
+        # Blocks of whole lines, each parsed and checked by one worker, a bounded window ahead;
+        # results in file order, since the first good line of an id wins.
+        workers, pool = self._resume_pool()
+        with pool:
             window: deque = deque()
             blocks = jsonl_blocks(self.samples_path, _RESUME_BLOCK_BYTES)
             while True:
-                for block in itertools.islice(blocks, 4 * _RESUME_THREADS - len(window)):
+                for block in itertools.islice(blocks, 4 * workers - len(window)):
                     window.append(pool.submit(check, block))
                 if not window:
                     break
-                for offset, index, image_id, ok in window.popleft().result():
+                try:
+                    results = window.popleft().result()
+                except BrokenProcessPool:
+                    raise WorkerLost("a worker process of the resume check died (killed by the system: out of "
+                                     "memory?); lower num_workers or use workers=threads") from None
+                for offset, index, image_id, ok in results:
                     if ok is None:
                         unreadable.add(offset)
                     elif not (isinstance(index, int) and 0 <= index < total and index in shard):
@@ -177,6 +183,15 @@ class Runner:
             log.warning("resume: %d records in %s are incomplete on disk (a file missing or changed) or "
                         "repeated: those samples are redone", len(dropped), self.samples_path.name)
             drop_jsonl_lines(self.samples_path, dropped | unreadable)
+
+    def _resume_pool(self) -> tuple[int, Executor]:
+        """Resume's ``num_workers`` workers: with ``workers=processes`` and a large samples.jsonl,
+        processes, which parse on every core; otherwise threads (at most ``_RESUME_THREADS``),
+        which start at once but overlap only the stats: parsing holds the GIL."""
+        if self.workers == "processes" and self.samples_path.stat().st_size >= _RESUME_PROCESSES_FROM_BYTES:
+            return self.num_workers, ProcessPoolExecutor(self.num_workers, mp_context=start_process_server())
+        threads = min(self.num_workers, _RESUME_THREADS)
+        return threads, ThreadPoolExecutor(threads, thread_name_prefix="resume")
 
     # -- per sample -----------------------------------------------------------------------------
     def _logged_images(self) -> Any:
@@ -376,8 +391,12 @@ class Runner:
         }
 
 
-_RESUME_THREADS = 4  # resume's checking threads (measured: more only wait for the GIL on 2 cores)
-_RESUME_BLOCK_BYTES = 1 << 20  # of samples.jsonl per thread task: about 300 records
+# Resume's threads at most: stats in flight at once (network file systems answer slowly). More
+# threads than cores cost CPU time waiting for the GIL (on 2 busy cores: 1 thread 10 s per 100,000
+# records, 2 threads 13 s, 8 threads 15-20 s; python -m synth.bench memory --resume).
+_RESUME_THREADS = 8
+_RESUME_BLOCK_BYTES = 1 << 20  # of samples.jsonl per task: about 300 records
+_RESUME_PROCESSES_FROM_BYTES = 64 << 20  # (about 18,000 records) below it, starting processes costs more than it saves
 
 
 def _check_records(writers: Sequence[Any], path: Path, block: tuple[int, int]) -> list[tuple[int, Any, Any, bool | None]]:

@@ -99,13 +99,17 @@ class FolderWriter:
         sample_id = record.get("image_id")
         if not isinstance(files, list) or not isinstance(sample_id, str):
             return False
-        # plain strings, no pathlib: resume calls this for every record
-        root, metadata = f"{self.root}{os.sep}", METADATA_FILE.format(id=sample_id)
+        # plain strings and a plain loop: resume calls this for every record
+        root, metadata, listed = f"{self.root}{os.sep}", METADATA_FILE.format(id=sample_id), False
         try:
-            return (any(f["path"] == metadata for f in files)
-                    and all(os.stat(root + f["path"]).st_size == f["bytes"] for f in files))
+            for f in files:
+                path = f["path"]
+                if os.stat(root + path).st_size != f["bytes"]:
+                    return False
+                listed = listed or path == metadata
         except (OSError, ValueError, TypeError, KeyError):
             return False
+        return listed
 
     def output_path(self, sample_id: str, suffix: str) -> Path:
         """The composite's link ``outputs/{id}_output{suffix}``; ``suffix`` is the one in the sample's
