@@ -392,17 +392,18 @@ class Runner:
 
 
 # Resume's threads at most: stats in flight at once (network file systems answer slowly). More
-# threads than cores cost CPU time waiting for the GIL (on 2 busy cores: 1 thread 10 s per 100,000
-# records, 2 threads 13 s, 8 threads 15-20 s; python -m synth.bench memory --resume).
+# threads than cores cost CPU time waiting for the GIL (on 2 busy cores, 8 threads took 1.5-2x as
+# long as 1 or 2 over 100,000 records; python -m synth.bench memory --resume).
 _RESUME_THREADS = 8
 _RESUME_BLOCK_BYTES = 1 << 20  # of samples.jsonl per task: about 300 records
 _RESUME_PROCESSES_FROM_BYTES = 64 << 20  # (about 18,000 records) below it, starting processes costs more than it saves
 
 
-def _check_records(writers: Sequence[Any], path: Path, block: tuple[int, int]) -> list[tuple[int, Any, Any, bool | None]]:
-    """Resume's check of one block of samples.jsonl (``jsonl_blocks``), in a worker thread: per
-    line ``(offset, index, image_id, complete)``, complete None where the line is not a JSON object."""
-    out: list[tuple[int, Any, Any, bool | None]] = []
+def _check_records(writers: Sequence[Any], path: Path, block: tuple[int, int]) -> list[tuple[int, Any, Any, Any]]:
+    """Resume's check of one block of samples.jsonl (``jsonl_blocks``), in a worker thread or
+    process: per line ``(offset, index, image_id, complete)``, complete None where the line is not
+    a JSON object."""
+    out: list[tuple[int, Any, Any, Any]] = []
     for offset, record in read_jsonl_block(path, *block):
         if record is None:
             out.append((offset, None, None, None))

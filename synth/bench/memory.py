@@ -161,9 +161,10 @@ def clone_run_dir(workdir: Path, records: int) -> Path:
     return run_dir
 
 
-def resume_check(workdir: Path, records: int, repeats: int = 3) -> dict:
+def resume_check(workdir: Path, records: int, repeats: int = 3, workers: str = "auto") -> dict:
     """Median seconds of resume's completeness check over a cloned run directory of ``records``
-    complete samples (``clone_run_dir``); every sample must be found complete."""
+    complete samples (``clone_run_dir``), with the job's default ``num_workers`` and ``workers``
+    as given; every sample must be found complete."""
     from synth.data import CsvSource
     from synth.runner import Runner
     from synth.writers.folder import FolderWriter
@@ -173,7 +174,7 @@ def resume_check(workdir: Path, records: int, repeats: int = 3) -> dict:
     for _ in range(repeats):
         writer = FolderWriter()
         writer.open(run_dir)
-        runner = Runner(CsvSource(path=str(workdir / "inputs.csv")), [], [writer], run_dir=run_dir)
+        runner = Runner(CsvSource(path=str(workdir / "inputs.csv")), [], [writer], run_dir=run_dir, workers=workers)
         start = time.perf_counter()
         runner._resume_state()  # what a rerun does before its first sample, the listing aside
         times.append(time.perf_counter() - start)
@@ -181,7 +182,7 @@ def resume_check(workdir: Path, records: int, repeats: int = 3) -> dict:
         if complete != records:
             raise RuntimeError(f"resume found {complete} of {records} cloned samples complete")
     times.sort()
-    return {"records": records, "median_s": times[len(times) // 2], "runs_s": times,
+    return {"records": records, "median_s": times[len(times) // 2], "runs_s": times, "workers": runner.workers,
             "files": records * len(json.loads(next(open(run_dir / "samples.jsonl")))["files"])}
 
 
@@ -195,6 +196,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--resume", type=int, default=0, metavar="N",
                         help="time resume's completeness check over N cloned complete samples (0: skip)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of the resume check (the median is printed)")
+    parser.add_argument("--resume-workers", default="auto", choices=["auto", "threads", "processes"],
+                        help="the job's workers= for the resume check (processes from a 64 MiB samples.jsonl)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
     args = parser.parse_args(argv)
 
@@ -225,8 +228,9 @@ def main(argv: list[str]) -> None:
                   f"{result['peak_mb']:.0f} MB peak Python memory")
     if args.resume:
         with tempfile.TemporaryDirectory() as tmp:
-            result = resume_check(Path(tmp), args.resume, args.repeats)
+            result = resume_check(Path(tmp), args.resume, args.repeats, args.resume_workers)
         runs = ", ".join(f"{t:.2f}" for t in result["runs_s"])
-        print(f"resume check, {result['records']:,} complete samples ({result['files']:,} files): "
+        print(f"resume check, {result['records']:,} complete samples ({result['files']:,} files), "
+              f"workers={result['workers']}: "
               f"{result['median_s']:.2f} s, {result['records'] / result['median_s']:,.0f} records/s "
               f"(median of {len(result['runs_s'])}: {runs} s)")
