@@ -94,7 +94,7 @@ class FolderWriter:
     def has(self, record: dict[str, Any]) -> bool:
         """Whether the sample of ``record`` (a line of samples.jsonl) is on disk complete: every
         file in its ``files``, ``{id}_metadata.json`` included, has its recorded size. One stat
-        per file, nothing read or encoded; safe to call from worker threads."""
+        per file, nothing read or encoded; safe to call from worker threads (or, pickled, processes)."""
         files = record.get("files")
         sample_id = record.get("image_id")
         if not isinstance(files, list) or not isinstance(sample_id, str):
