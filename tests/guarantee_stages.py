@@ -73,6 +73,14 @@ def wait_for(condition: Callable[[], object], what: str, proc: subprocess.Popen 
         time.sleep(0.02)
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """In the job's process, before ``python`` starts: SIGINT at its default action, as a job
+    started in a terminal has it. Tests started in the background by a script (``nohup make test &``)
+    inherit it ignored, and the job would ignore a second Ctrl-C (its handler gives back the
+    previous one)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class GatedJob:
     """``python -m synth ARGS captioning._target_=guarantee_stages.Gated`` in a subprocess, with the
     gate closed: samples from index ``gate_from`` on are held in flight until :meth:`open_gate`
@@ -81,13 +89,15 @@ class GatedJob:
 
     def __init__(self, tmp_path: Path, run_dir: Path, *args: str, gate_from: int = 0, new_session: bool = False):
         self.run_dir, self.gate, self.held_dir = run_dir, tmp_path / "gate-open", tmp_path / "held"
+        self.new_session = new_session
         self.held_dir.mkdir()
-        env = {**os.environ, **tests_on_path(), "PYTHONUNBUFFERED": "1", "SYNTH_TEST_GATE": str(self.gate),
+        env = {**os.environ, **tests_on_path(), "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1",
+               "SYNTH_TEST_GATE": str(self.gate),
                "SYNTH_TEST_GATE_FROM": str(gate_from), "SYNTH_TEST_HELD": str(self.held_dir)}
         cmd = [sys.executable, "-m", "synth", f"hydra.run.dir={run_dir}", "logger=none", *args,
                "captioning._target_=guarantee_stages.Gated"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                     cwd=tmp_path, start_new_session=new_session)
+                                     cwd=tmp_path, start_new_session=new_session, preexec_fn=_sigint_as_in_a_terminal)
 
     def held(self) -> list[str]:
         """Ids of the samples that reached the gate (held there while it was closed)."""
@@ -98,7 +108,7 @@ class GatedJob:
 
     def send(self, sig: signal.Signals) -> None:
         """``sig`` to the job, and to its process group when it has its own (Ctrl-C in a terminal)."""
-        if os.getpgid(self.proc.pid) == self.proc.pid:
+        if self.new_session:
             os.killpg(self.proc.pid, sig)
         else:
             self.proc.send_signal(sig)
@@ -117,15 +127,22 @@ class GatedJob:
         try:
             return self.proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)  # the job's faulthandler prints where each thread is
+            try:
+                out, err = self.proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                out, err = "", ""
             self.kill()
-            raise AssertionError(f"the job did not end within {timeout_s} s") from None
+            raise AssertionError(f"the job did not end within {timeout_s} s\n{out[-3000:]}\n{err[-6000:]}") from None
 
     def kill(self) -> None:
         """SIGKILL to the job (and its worker processes when it has its own group); a test that
         fails leaves no job behind."""
-        if self.proc.poll() is None:
+        try:
             self.send(signal.SIGKILL)
-            self.proc.communicate()
+        except ProcessLookupError:  # ended already, and its workers with it
+            pass
+        self.proc.wait()
 
     def _wait(self, condition: Callable[[], object], what: str) -> None:
         try:
