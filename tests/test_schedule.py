@@ -99,42 +99,54 @@ def test_device_batches_are_fixed_runs_of_batch_size_on_a_thread_of_their_own():
 
 
 def test_two_device_segments_overlap_and_each_runs_one_batch_at_a_time():
-    """Two model stages (segmentation, captioning) each on its own thread: while one runs batch n+1
-    the other runs batch n, so the wall time is near one stage's total, not the two together."""
-    count, per_sample = 12, 0.05
+    """Two model stages (segmentation, captioning), each on a thread of its own: segmentation's
+    second batch and captioning's first meet at a barrier, which they can pass only when both run
+    at once (one after the other on one thread, the first to arrive waits for ever: its samples
+    fail when the barrier's minute is up). No clock is read."""
+    meet = threading.Barrier(2, timeout=60)
 
-    class Guarded(DeviceSleep):
-        def __init__(self, name: str):
-            super().__init__(per_sample)
-            self.name, self.running, self.overlapped = name, 0, False
+    class Meets(DeviceSleep):
+        def __init__(self, name: str, batch: list[int]):
+            super().__init__()
+            self.name, self.batch, self.running, self.overlapped = name, batch, 0, False
 
         def process(self, batch: list[Sample]) -> None:
             self.running += 1
             self.overlapped |= self.running > 1
+            if [s.index for s in batch] == self.batch:
+                meet.wait()
             super().process(batch)
             self.running -= 1
 
-    first, second = Guarded("segmentation"), Guarded("captioning")
-    start = time.perf_counter()
-    results = run([first, CpuSleep(), second], count=count, batch_size=2, num_workers=2)
-    wall = time.perf_counter() - start
-    assert [s.index for s, _ in results] == list(range(count))
-    assert first.batches == second.batches == [[2 * k, 2 * k + 1] for k in range(count // 2)]
+    first, second = Meets("segmentation", [2, 3]), Meets("captioning", [0, 1])
+    results = run([first, CpuSleep(), second], count=8, batch_size=2, num_workers=2)
+    assert [s.index for s, _ in results] == list(range(8))
+    assert all(s.ok for s, _ in results), [s.error for s, _ in results if not s.ok]
+    assert first.batches == second.batches == [[0, 1], [2, 3], [4, 5], [6, 7]]
     assert not first.overlapped and not second.overlapped  # a stage is never called twice at once
     assert first.threads.isdisjoint(second.threads)
-    serial = 2 * count * per_sample
-    assert wall < 0.8 * serial, f"{wall:.2f} s: the device segments did not overlap (serial: {serial:.2f} s)"
 
 
 def test_a_device_stage_overlaps_with_the_cpu_stages():
-    """Wall time close to the larger of device time and CPU time, not their sum."""
-    count, device_s, cpu_s = 12, 0.1, 0.1
-    start = time.perf_counter()
-    results = run([DeviceSleep(device_s), CpuSleep(cpu_s)], count=count, batch_size=2, num_workers=1)
-    wall = time.perf_counter() - start
-    assert len(results) == count
-    serial = count * (device_s + cpu_s)
-    assert wall < 0.8 * serial, f"{wall:.2f} s: no overlap (serial would be {serial:.2f} s)"
+    """The device stage's second batch and the CPU stage of sample 0 meet at a barrier, which they
+    pass only when both run at once. No clock is read."""
+    meet = threading.Barrier(2, timeout=60)
+
+    class DeviceMeets(DeviceSleep):
+        def process(self, batch: list[Sample]) -> None:
+            if batch[0].index == 2:
+                meet.wait()
+            super().process(batch)
+
+    class CpuMeets(CpuSleep):
+        def process_sample(self, sample: Sample) -> None:
+            if sample.index == 0:
+                meet.wait()
+            super().process_sample(sample)
+
+    results = run([DeviceMeets(), CpuMeets()], count=6, batch_size=2, num_workers=2)
+    assert [s.index for s, _ in results] == list(range(6))
+    assert all(s.ok for s, _ in results), [s.error for s, _ in results if not s.ok]
 
 
 def test_a_failing_sample_in_a_cpu_segment_fails_only_itself_and_is_not_written():
@@ -263,14 +275,34 @@ def test_a_job_with_model_stages_sets_them_up_on_gpu_shard_mod_n(tmp_path, monke
 
 
 def test_an_abort_does_not_wait_for_the_sample_in_a_worker():
-    """A second Ctrl-C (KeyboardInterrupt) leaves at once; the worker thread ends with the process."""
-    threading.Timer(0.5, _thread.interrupt_main).start()  # as a second Ctrl-C does
-    start = time.perf_counter()
-    with pytest.raises(KeyboardInterrupt):
-        with Pipeline([CpuSleep(30.0)], load, lambda s: None, batch_size=1, num_workers=1) as pipeline:
-            for _ in pipeline.run(range(3)):
-                pass  # never reached: the sample sleeps for 30 s
-    assert time.perf_counter() - start < 20
+    """A second Ctrl-C (KeyboardInterrupt) leaves at once, while the sample is still in its worker
+    thread, which ends with the process (here: when the test releases it)."""
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    class Holds(Stage):
+        name = "albedo"
+
+        def process_sample(self, sample: Sample) -> None:
+            started.set()
+            release.wait(60)
+            finished.set()
+
+    def second_ctrl_c() -> None:
+        if started.wait(60):
+            _thread.interrupt_main()  # as a second Ctrl-C does
+
+    # Ctrl-C raises KeyboardInterrupt here even when the test runs with SIGINT ignored (in the background)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=second_ctrl_c, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            with Pipeline([Holds()], load, lambda s: None, batch_size=1, num_workers=1) as pipeline:
+                for _ in pipeline.run(range(3)):
+                    pass  # never reached: the first sample is held
+        assert started.is_set() and not finished.is_set()  # left without waiting for it
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        release.set()
 
 
 # --- worker processes: a sample stays in the process that decoded it ----------------------------
