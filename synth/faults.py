@@ -46,7 +46,9 @@ class StopSignals:
     finish and are written, the summary is written, and the job exits with 128 + the signal
     number. A second signal gets the previous handler (Ctrl-C twice aborts at once).
 
-    Handlers can only be installed from the main thread; elsewhere this does nothing."""
+    A signal the process was started with ignored (``synth ... &`` from a script: SIGINT) stays
+    ignored, as Python leaves it: a Ctrl-C meant for the foreground job does not stop it. Handlers
+    can only be installed from the main thread; elsewhere this does nothing."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -57,7 +59,8 @@ class StopSignals:
     def install(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def restore(self) -> None:

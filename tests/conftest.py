@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 # `make mutants` runs the tests once per mutant: fewer Hypothesis examples there (setup.cfg [mutmut]).
 settings.register_profile("mutmut", max_examples=20, database=None)
+
+# Tests run as from a terminal: started in the background by a script, the suite (and every job it
+# starts, which inherits it) would have SIGINT ignored, and a job leaves an ignored SIGINT alone.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def compose_config(*overrides: str):

@@ -134,3 +134,20 @@ def test_restore_puts_back_every_handler():
     assert all(signal.getsignal(sig) != before[sig] for sig in StopSignals.SIGNALS)
     stop.restore()
     assert {sig: signal.getsignal(sig) for sig in StopSignals.SIGNALS} == before
+
+
+def test_a_signal_the_process_ignores_stays_ignored():
+    """``synth ... &`` from a script starts with SIGINT ignored: a Ctrl-C meant for the foreground
+    must not stop it (Python's own convention); SIGTERM still does."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        stop = StopSignals().install()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.raise_signal(signal.SIGINT)
+        assert not stop.requested
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.received == signal.SIGTERM
+        stop.restore()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
