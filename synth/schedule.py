@@ -264,6 +264,9 @@ def run_segment(slot: _Slot, stages: Sequence[Stage], last: bool, load: Callable
     return None
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # the main process decides when a job stops
+
+
 def _with_images(sample: Sample, keep: Iterable[str]) -> Sample:
     """A copy of ``sample`` whose image fields other than ``keep`` are None (what need not travel)."""
     return replace(sample, **{name: None for name in IMAGE_FIELDS if name not in keep})
@@ -301,8 +304,8 @@ def _worker_main(connection: Any, segments: dict[int, list[Stage]], last: int, l
     images where the logger wants them). It ignores SIGINT/SIGTERM (the main process decides when
     to stop, and lets the samples in flight finish) and sends its log records to the main process;
     it ends when the main process closes the connection."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for sig in STOP_SIGNALS:  # (ignored from its start already where it forks from the forkserver)
+        signal.signal(sig, signal.SIG_IGN)
     root = logging.getLogger()
     root.handlers = [logging.handlers.QueueHandler(log_queue)]
     root.setLevel(log_level)
@@ -349,7 +352,21 @@ def start_process_server() -> Any:
     context = multiprocessing.get_context(method)
     if method == "forkserver":
         context.set_forkserver_preload(sorted(m for m in sys.modules if m.split(".")[0] == "synth"))
-        multiprocessing.forkserver.ensure_running()
+        if threading.current_thread() is not threading.main_thread():
+            multiprocessing.forkserver.ensure_running()
+            return context
+        # The server starts with SIGINT and SIGTERM ignored, and so does every worker forked from
+        # it (Python leaves an inherited ignored SIGINT alone): a Ctrl-C to the process group while
+        # a worker starts must not kill it. Blocked meanwhile, so that one sent to this process
+        # waits for its own handler (Linux keeps a blocked signal pending though it is ignored).
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+        try:
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     return context
 
 

@@ -36,13 +36,28 @@ class Gated(TemplateCaption):
     reference run, a rerun) it is the template caption: the same outputs."""
 
     def process_sample(self, sample) -> None:
-        gate = os.environ.get("SYNTH_TEST_GATE")
-        if gate and sample.index >= int(os.environ.get("SYNTH_TEST_GATE_FROM", "0")):
-            (Path(os.environ["SYNTH_TEST_HELD"]) / sample.id).touch()
-            deadline = time.monotonic() + HOLD_S
-            while not os.path.exists(gate) and time.monotonic() < deadline:
-                time.sleep(0.01)
+        if sample.index >= int(os.environ.get("SYNTH_TEST_GATE_FROM", "0")):
+            hold(sample.id)
         super().process_sample(sample)
+
+
+class SlowToStart(Gated):
+    """:class:`Gated`, and a worker process that unpickles it (as it starts) is held at the gate
+    first, under the name ``starting-{pid}``: a test can send a signal while the workers start."""
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        hold(f"starting-{os.getpid()}")
+
+
+def hold(name: str) -> None:
+    """With ``SYNTH_TEST_GATE`` set: touch ``SYNTH_TEST_HELD/{name}`` and wait until the gate opens."""
+    gate = os.environ.get("SYNTH_TEST_GATE")
+    if gate:
+        (Path(os.environ["SYNTH_TEST_HELD"]) / name).touch()
+        deadline = time.monotonic() + HOLD_S
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 class KillsItsWorker(TemplateCaption):
@@ -85,9 +100,11 @@ class GatedJob:
     """``python -m synth ARGS captioning._target_=guarantee_stages.Gated`` in a subprocess, with the
     gate closed: samples from index ``gate_from`` on are held in flight until :meth:`open_gate`
     (never: until the job is killed or aborted). ``new_session``: in its own process group, as a
-    terminal's Ctrl-C reaches a job and its worker processes."""
+    terminal's Ctrl-C reaches a job and its worker processes. ``stage``: another class of this module
+    for its captioning (a subclass of Gated)."""
 
-    def __init__(self, tmp_path: Path, run_dir: Path, *args: str, gate_from: int = 0, new_session: bool = False):
+    def __init__(self, tmp_path: Path, run_dir: Path, *args: str, gate_from: int = 0, new_session: bool = False,
+                 stage: str = "Gated"):
         self.run_dir, self.gate, self.held_dir = run_dir, tmp_path / "gate-open", tmp_path / "held"
         self.new_session = new_session
         self.held_dir.mkdir()
@@ -95,7 +112,7 @@ class GatedJob:
                "SYNTH_TEST_GATE": str(self.gate),
                "SYNTH_TEST_GATE_FROM": str(gate_from), "SYNTH_TEST_HELD": str(self.held_dir)}
         cmd = [sys.executable, "-m", "synth", f"hydra.run.dir={run_dir}", "logger=none", *args,
-               "captioning._target_=guarantee_stages.Gated"]
+               f"captioning._target_=guarantee_stages.{stage}"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                      cwd=tmp_path, start_new_session=new_session, preexec_fn=_sigint_as_in_a_terminal)
 

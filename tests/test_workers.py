@@ -24,7 +24,7 @@ from synth.schedule import Pipeline, worker_kind
 from synth.stages.albedo import Retinex
 from tests.scale_helpers import assert_same_results, make_inputs, result_files
 from tests.guarantee_stages import GatedJob
-from tests.test_guarantees import start_gated_job
+from tests.test_guarantees import photos, start_gated_job
 from tests.test_schedule import runner_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,6 +148,24 @@ def test_a_second_ctrl_c_with_worker_processes_aborts_without_waiting_for_them(t
     job.communicate(timeout_s=60)
     assert job.proc.returncode != 0
     assert not list((job.run_dir / "outputs").glob("*_metadata.json"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_worker_processes_start_stops_the_job_with_130(tmp_path):
+    """Ctrl-C to the process group while both worker processes are still starting (unpickling
+    their stages): they must not die of it (they would, before they set their handlers, were the
+    signals not blocked in them from their start); the job stops as on any Ctrl-C."""
+    photos(tmp_path / "in", 4, h=32, w=40)
+    job = GatedJob(tmp_path, tmp_path / "run", "data=folder", f"data.path={tmp_path / 'in'}", "batch_size=1",
+                   "num_workers=2", "workers=processes", gate_from=100, new_session=True, stage="SlowToStart")
+    job.wait_until_held(2)  # "starting-{pid}": no sample is held (gate_from=100)
+    job.stop(signal.SIGINT)
+    job.open_gate()
+    out, err = job.communicate()
+    assert job.proc.returncode == 130, out + err
+    summary = json.loads((job.run_dir / "metadata.json").read_text())
+    assert summary["exit_reason"].startswith("interrupted by SIGINT") and summary["failed"] == 0
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
 
 
 def test_worker_processes_get_the_source_without_its_listing(tmp_path):
