@@ -558,7 +558,8 @@ class Pipeline:
             if not window and exhausted:
                 return
             running = [s.future for s in window if s.future is not None and not s.future.done()]
-            wait(running, timeout=1.0, return_when=FIRST_COMPLETED)  # timeout: notice a stop signal
+            # timeout: a stop signal is noticed within 0.1 s, before free workers start many new samples
+            wait(running, timeout=0.1, return_when=FIRST_COMPLETED)
 
     def _ready_batch(self, window: list[_Slot], step: int, exhausted: bool) -> list[_Slot] | None:
         """The next batch for device segment ``step`` (the first not handed to its lane) when all its
