@@ -6,7 +6,6 @@ redone, the other lines kept byte for byte (python -m synth.bench memory --resum
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
