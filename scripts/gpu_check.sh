@@ -13,7 +13,8 @@
 #             one job with workers=threads and one with workers=processes over the same models
 #   marigold  the marigold rows of the models bench, when the bench has them
 # Output: $OUT/*.txt (one file per step, plus summary.txt with each step's exit status and key lines).
-# The device image lacks hydra-core, omegaconf, segment-anything, ...: the lead puts their wheels in .whl/.
+# The device image lacks hydra-core, omegaconf, segment-anything, ...: `bash scripts/gpu_wheels.sh` puts their
+# wheels in .whl/ (git-ignored), which the device call must carry (carry: [".whl"]).
 set -u
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 TINY=0
