@@ -277,12 +277,13 @@ def _merge(sample: Sample, update: tuple[Sample, dict[str, str]]) -> Sample:
     field, the images the copy carries (those it changed), and the fields it set to one of the
     images it was sent (``foreground = image``: a name, not 3 MB again)."""
     changed, same_as = update
+    sent = {name: getattr(sample, other) for name, other in same_as.items()}  # before any is replaced
     for f in fields(Sample):
         value = getattr(changed, f.name)
         if value is not None or f.name not in IMAGE_FIELDS:
             setattr(sample, f.name, value)
-    for name, other in same_as.items():
-        setattr(sample, name, getattr(sample, other))
+    for name, image in sent.items():
+        setattr(sample, name, image)
     return sample
 
 
