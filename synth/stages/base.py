@@ -18,7 +18,8 @@ class Stage:
     requires: tuple[str, ...] = ("image",)
     provides: tuple[str, ...] = ()
     # True when the stage runs a model on the device: the scheduler (synth.schedule) then calls it
-    # on the main thread with whole batches; other stages run one sample at a time in the workers.
+    # with whole batches in a thread of its own (a lane); other stages run one sample at a time in
+    # the workers.
     batched_on_device: bool = False
 
     @property
