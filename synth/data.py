@@ -7,7 +7,6 @@ import io
 import itertools
 import logging
 import os
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from synth.files import atomic_write
 from synth.params import setting
 from synth.rundir import marks_run_dir
 from synth.sample import Sample
+from synth.schedule import ordered_map
 
 log = logging.getLogger("synth")
 SAMPLES_DIR = Path(__file__).parent / "samples"
@@ -114,26 +114,22 @@ class ImageFolder:
         threads, a bounded window of blocks ahead: network file systems answer slowly)."""
         root, paths = str(self.root), self.paths
 
-        def stat_block(block: range) -> list[tuple[int, int]]:
+        def stat_block(block: range) -> list[tuple[int, int, int]]:
             out = []
             for index in block:
                 try:
                     st = os.stat(os.path.join(root, paths[index]))
-                    out.append((st.st_size, st.st_mtime_ns))
+                    out.append((index, st.st_size, st.st_mtime_ns))
                 except OSError:
-                    out.append((-1, 0))
+                    out.append((index, -1, 0))
             return out
 
         shard, step = self.indices(), 1024
+        blocks = (shard[start:start + step] for start in range(0, len(shard), step))
         with ThreadPoolExecutor(16, thread_name_prefix="stat") as pool:
-            window: deque = deque()
-            for start in range(0, len(shard), step):
-                block = shard[start:start + step]
-                window.append((block, pool.submit(stat_block, block)))
-                while len(window) > 64 or (window and start + step >= len(shard)):
-                    block, stats = window.popleft()
-                    for index, (size, mtime) in zip(block, stats.result()):
-                        yield index, self.id_of(index), paths[index], size, mtime
+            for stats in ordered_map(pool, stat_block, blocks, 65):
+                for index, size, mtime in stats:
+                    yield index, self.id_of(index), paths[index], size, mtime
 
     def load(self, item: Item, seed: int) -> Sample:
         """Decode one item into a fresh Sample (runs in a worker thread).

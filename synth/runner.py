@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import os
 import sys
 import time
-from collections import deque
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from synth.params import check_seed, setting
 from synth.data import ImageFolder
@@ -22,7 +20,7 @@ from synth.faults import (EXIT_OUTPUT_ERROR, JOB_ERRORS, StopSignals, as_output_
 from synth.files import atomic_write_json
 from synth.loggers import NullLogger
 from synth.progress import Progress
-from synth.schedule import Pipeline, start_process_server, worker_count, worker_kind
+from synth.schedule import Pipeline, ordered_map, start_process_server, worker_count, worker_kind
 from synth.rundir import (JsonlLog, RunLock, TimingStats, check_manifest, drop_jsonl_lines, jsonl_blocks, read_jsonl,
                           read_jsonl_block, repair_torn_tail, shard_file)
 from synth.sample import Sample
@@ -156,18 +154,8 @@ class Runner:
         # results in file order, since the first good line of an id wins.
         workers, pool = self._resume_pool()
         with pool:
-            window: deque = deque()
-            blocks = jsonl_blocks(self.samples_path, _RESUME_BLOCK_BYTES)
-            while True:
-                for block in itertools.islice(blocks, 4 * workers - len(window)):
-                    window.append(pool.submit(check, block))
-                if not window:
-                    break
-                try:
-                    results = window.popleft().result()
-                except BrokenProcessPool:
-                    raise WorkerLost("a worker process of the resume check died (killed by the system: out of "
-                                     "memory?); lower num_workers or use workers=threads") from None
+            checked = ordered_map(pool, check, jsonl_blocks(self.samples_path, _RESUME_BLOCK_BYTES), 4 * workers)
+            for results in _resume_results(checked):
                 for offset, index, image_id, ok in results:
                     if ok is None:
                         unreadable.add(offset)
@@ -397,6 +385,15 @@ class Runner:
 _RESUME_THREADS = 8
 _RESUME_BLOCK_BYTES = 1 << 20  # of samples.jsonl per task: about 300 records
 _RESUME_PROCESSES_FROM_BYTES = 64 << 20  # (about 18,000 records) below it, starting processes costs more than it saves
+
+
+def _resume_results(checked: Iterator[Any]) -> Iterator[Any]:
+    """``checked``, with a dead checker process as one line (WorkerLost), not a traceback."""
+    try:
+        yield from checked
+    except BrokenProcessPool:
+        raise WorkerLost("a worker process of the resume check died (killed by the system: out of "
+                         "memory?); lower num_workers or use workers=threads") from None
 
 
 def _check_records(writers: Sequence[Any], path: Path, block: tuple[int, int]) -> list[tuple[int, Any, Any, Any]]:

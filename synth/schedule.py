@@ -42,7 +42,8 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -84,6 +85,18 @@ def worker_kind(value: Any, num_workers: int) -> str:
     if value == "auto":
         return "processes" if num_workers >= PROCESSES_FROM else "threads"
     return value
+
+
+def ordered_map(pool: Executor, fn: Callable[[Any], Any], items: Iterable[Any], ahead: int) -> Iterator[Any]:
+    """``fn(item)`` for each item in ``pool``, at most ``ahead`` submitted and not yet handed back:
+    a bounded window over any number of items, results in input order."""
+    window: deque = deque()
+    for item in items:
+        window.append(pool.submit(fn, item))
+        if len(window) >= ahead:
+            yield window.popleft().result()
+    while window:
+        yield window.popleft().result()
 
 
 def _no_images(index: int) -> bool:
