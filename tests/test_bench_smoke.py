@@ -1,5 +1,5 @@
-"""Smoke runs of every benchmark and of scripts/contact_sheet.py at their smallest settings, so the
-numbers in the README come from code that still runs. They prove the harness runs end to end
+"""Smoke runs of every benchmark and of the figure scripts (contact sheet, decomposition) at their
+smallest settings, so the numbers and figures in the README come from code that still runs. They prove the harness runs end to end
 and prints its table, not any speed (speed is what the benchmarks themselves print)."""
 
 from __future__ import annotations
@@ -48,10 +48,22 @@ def test_benchmark_runs_at_its_smallest_setting(name, tmp_path):
     assert expected in proc.stdout, proc.stdout
 
 
-def test_contact_sheet_script_writes_a_sheet(tmp_path):
-    out = tmp_path / "sheet.png"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "contact_sheet.py"), "--out", str(out)],
+def figure_of(script: str, tmp_path) -> tuple[str, tuple[int, int]]:
+    """Run ``scripts/{script} --out FILE``; the figure's format and size."""
+    out = tmp_path / "figure.png"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / script), "--out", str(out)],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    with Image.open(out) as sheet:
-        assert sheet.format == "PNG" and min(sheet.size) > 600  # several 300 px tiles
+    with Image.open(out) as figure:
+        return figure.format, figure.size
+
+
+def test_contact_sheet_script_writes_a_sheet(tmp_path):
+    form, size = figure_of("contact_sheet.py", tmp_path)
+    assert form == "PNG" and min(size) > 600  # several 300 px tiles
+
+
+def test_decomposition_figure_script_writes_a_figure(tmp_path):
+    """The README's figure beside the contact sheet (weight-free: no model involved)."""
+    form, size = figure_of("decomposition_figure.py", tmp_path)
+    assert form == "PNG" and size[0] > 1000  # six tiles across

@@ -8,8 +8,6 @@ are random, so the albedo, shading and normals are noise.
 
 import json
 import string
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ import torch
 from synth.errors import ConfigError
 from synth.imaging import linear_to_srgb, srgb_to_linear
 from synth.stages.models.marigold import Marigold, subject_square, take_square
-from tests.conftest import (REPO, batched_and_single, built_stage, compose_config, run_synth, soft_disc_mask,
+from tests.conftest import (batched_and_single, built_stage, compose_config, run_synth, soft_disc_mask,
                             two_photos)
 
 RESOLUTION = 32  # processing size of the tiny models (a multiple of their VAE's factor, 2)
@@ -249,16 +247,3 @@ def test_job_writes_the_decomposition(tmp_path, tiny_iid):
         assert (run_dir / "stage_2" / f"000000_{name}.png").is_file()
     assert record["params"]["albedo"]["method"] == "marigold"
     assert record["params"]["shadow"]["decomposition"] is True
-
-
-@pytest.mark.slow
-def test_decomposition_figure_script_writes_a_figure(tmp_path):
-    """The README's figure comes from code that still runs (weight-free: no model involved)."""
-    from PIL import Image
-
-    out = tmp_path / "figure.png"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "decomposition_figure.py"), "--out", str(out)],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    with Image.open(out) as figure:
-        assert figure.format == "PNG" and figure.size[0] > 1000  # six tiles across
