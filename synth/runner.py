@@ -239,7 +239,7 @@ class Runner:
             lock.release()
 
     def _process(self, config: dict[str, Any] | None, started: float) -> dict[str, Any]:
-        processing = time.perf_counter()
+        processing, processing_cpu = time.perf_counter(), time.process_time()
         shard = self.source.indices()
         todo_count = sum(1 for i in shard if not self._complete(i))
         skipped = len(shard) - todo_count
@@ -266,6 +266,7 @@ class Runner:
                              SampleWriter(self.writers, self._has), self.batch_size, self.num_workers, stop,
                              workers=self.workers, keep_images=self._logged_images()) as pipeline:
                 processing = time.perf_counter()  # throughput excludes logger, model and worker start-up
+                processing_cpu = time.process_time()
                 for sample, future in pipeline.run(todo):  # finished samples, in input order
                     written = None
                     if future is not None:
@@ -291,7 +292,8 @@ class Runner:
             self._samples_log.close()
             self._failures_log.close()
             now = time.perf_counter()
-            summary = self._summary(len(shard), skipped, now - started, now - processing, exit_code, config)
+            summary = self._summary(len(shard), skipped, now - started, now - processing,
+                                    time.process_time() - processing_cpu, exit_code, config)
             summary["exit_reason"] = exit_reason
             try:
                 closing = self._close_writers(summary, finished)  # first: closing can fail (disk full)
@@ -355,7 +357,7 @@ class Runner:
             return output_error
         return None
 
-    def _summary(self, total, skipped, elapsed, processing_s, exit_code, config) -> dict[str, Any]:
+    def _summary(self, total, skipped, elapsed, processing_s, process_cpu_s, exit_code, config) -> dict[str, Any]:
         """The bounded run summary (metadata.json): its size does not grow with the samples."""
         processed = self._done + self._failed
         return {
@@ -369,6 +371,9 @@ class Runner:
             "elapsed_s": round(elapsed, 3),
             "processing_s": round(processing_s, 3),  # elapsed less setup: what images_per_s divides by
             "images_per_s": round(processed / processing_s, 3) if processing_s > 0 else None,
+            # CPU time of this process meanwhile, all its threads: with workers=processes the
+            # scheduler, model lanes and records only, which one core must keep up with
+            "process_cpu_s": round(process_cpu_s, 3),
             "stage_ms": {k: v.summary() for k, v in self._timings.items()},
             "samples_file": self.samples_path.name,  # one record per complete sample
             "failures_file": self.failures_path.name,

@@ -72,6 +72,23 @@ def test_retinex_albedo_flattens_shading_and_records_blend():
     assert left_out / right_out > 1.3 * (left_in / right_in)
 
 
+def test_retinex_albedo_is_the_documented_formula_to_the_byte():
+    """The stage computes its tail in place; it must equal the formula written out plainly."""
+    from synth.imaging import gaussian_blur
+
+    sample = make_sample(size=96)
+    set_mask(sample, soft_disc_mask(96, 96))
+    Retinex(blend=0.3).process_sample(sample)
+    image = sample.image.astype(np.float32) + 1.0
+    msr = np.log(image) - sum(gaussian_blur(image, s, then=np.log) for s in (15.0, 80.0, 250.0)) / 3
+    step = max(1, int(np.sqrt(96 * 96 / 65536)))
+    inside = msr[::step, ::step].reshape(-1, 3)[sample.mask[::step, ::step].reshape(-1) > 0.5]
+    lo, hi = np.quantile(inside, [0.01, 0.99], axis=0)
+    balanced = np.clip((msr - lo) / np.maximum(hi - lo, 1e-6), 0.0, 1.0)
+    expected = (np.clip(0.7 * balanced * 255.0 + 0.3 * sample.image, 0, 255) + 0.5).astype(np.uint8)
+    assert np.array_equal(sample.albedo, expected)
+
+
 def test_retinex_blend_range_is_sampled_per_image():
     values = set()
     for index in range(6):

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 import cv2
@@ -67,6 +68,30 @@ def test_a_stage_that_raises_in_a_worker_process_fails_only_its_sample(tmp_path)
     assert summary["failures"][0]["stage"] == "albedo" and "bad pixels in a worker process" in summary["failures"][0]["error"]
     assert not list(run_dir.rglob("000002_*"))  # the failed sample left no files
     assert len(list((run_dir / "outputs").glob("*_metadata.json"))) == 2
+
+
+class BurnsCpu(Retinex):
+    """Retinex albedo that first spins for 0.3 s of its thread's CPU time."""
+
+    def process_sample(self, sample: Sample) -> None:
+        start = time.thread_time()
+        while time.thread_time() - start < 0.3:
+            pass
+        super().process_sample(sample)
+
+
+def test_process_cpu_s_counts_the_job_process_and_not_its_worker_processes(tmp_path):
+    """metadata.json's process_cpu_s: with threads the stages' CPU time is the job process's, with
+    processes it is the workers' (CPU time, not wall time: a loaded machine does not change it)."""
+    inputs = make_inputs(tmp_path / "in", 4)
+    cpu = {}
+    for kind in ("threads", "processes"):
+        summary = runner_for(inputs, tmp_path / kind, f"workers={kind}", "num_workers=2", "max_failure_rate=1.0",
+                             "albedo._target_=tests.test_workers.BurnsCpu").run()
+        assert summary["done"] >= 3
+        cpu[kind] = summary["process_cpu_s"]
+    assert cpu["threads"] >= 0.3 * 3
+    assert cpu["processes"] < 0.3 * 3 / 2
 
 
 def test_workers_is_validated_and_auto_picks_processes_on_many_cores():

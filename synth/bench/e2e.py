@@ -142,6 +142,10 @@ def main(argv: list[str]) -> None:
                   f"{summary['processing_s']:.1f} s after model loading), workers={kind}")
             print("  per-stage ms per image (median): "
                   + ", ".join(f"{k} {v['median']:.1f}" for k, v in summary["stage_ms"].items()))
+            main_ms = 1000 * summary["process_cpu_s"] / max(1, summary["done"] + summary["failed"])
+            print(f"  job process: {main_ms:.1f} ms of CPU per image ("
+                  + ("scheduler, model lanes and records; a CUDA wait may spin" if kind == "processes"
+                     else "every stage") + ")")
             if bound_s:
                 bound = 1.0 / bound_s
                 print(f"models-only bound: {bound:.2f} images/s; job reached {rate / bound:.0%} of it")

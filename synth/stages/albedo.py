@@ -41,9 +41,15 @@ class Retinex(Stage):
         image = sample.image.astype(np.float32) + 1.0
         log_surround = sum(gaussian_blur(image, sigma, then=np.log) for sigma in self.sigmas)
         msr = np.log(image) - log_surround / len(self.sigmas)
-        balanced = _colour_balance(msr, sample.mask, self.balance)
-        albedo = (1.0 - blend) * balanced * 255.0 + blend * sample.image
-        sample.albedo = (np.clip(albedo, 0, 255) + 0.5).astype(np.uint8)
+        albedo = _colour_balance(msr, sample.mask, self.balance)  # float64, in [0, 1]
+        # (1 - blend) * balanced * 255 + blend * image, rounded; in place: 1024 px images make
+        # 25 MB float64 planes, and fresh ones cost more to fault in than to compute
+        albedo *= 1.0 - blend
+        albedo *= 255.0
+        albedo += np.multiply(sample.image, blend)
+        np.clip(albedo, 0, 255, out=albedo)
+        albedo += 0.5
+        sample.albedo = albedo.astype(np.uint8)
         sample.params[self.name] = {"method": "retinex", "sigmas": self.sigmas, "balance": self.balance,
                                     "blend": blend}
 
@@ -58,4 +64,6 @@ def _colour_balance(values: np.ndarray, mask: np.ndarray | None, clip: float) ->
             sub = sub[inside]
     lo, hi = np.quantile(sub, [clip, 1.0 - clip], axis=0)
     span = np.maximum(hi - lo, 1e-6)
-    return np.clip((values - lo) / span, 0.0, 1.0)
+    out = np.subtract(values, lo)  # float64: the quantiles are
+    out /= span
+    return np.clip(out, 0.0, 1.0, out=out)
