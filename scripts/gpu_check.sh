@@ -50,7 +50,7 @@ step() {
         note "FAIL $name: exit $rc; last lines:"
         tail -n 5 "$OUT/$name.txt" | sed 's/^/       /' | tee -a "$SUMMARY"
     fi
-    grep -E '^(\||job:|models-only|  [a-z_0-9]+ alone:|  per-stage|png_encoder|variant|[a-z0-9/]+ vs |[a-z0-9/]+ +[0-9.]+ )' "$OUT/$name.txt" \
+    grep -E '^(\||job:|models-only|  [a-z_0-9]+ alone:|  per-stage|  job process|png_encoder|variant|[a-z0-9/]+ vs |[a-z0-9/]+ +[0-9.]+ )' "$OUT/$name.txt" \
         | sed 's/^/       /' | tee -a "$SUMMARY"
 }
 

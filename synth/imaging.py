@@ -107,16 +107,19 @@ def open_rgb(data: bytes | str) -> np.ndarray:
 
 def to_uint8(values: np.ndarray) -> np.ndarray:
     """float [0, 1] -> uint8 with rounding."""
-    return (np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    out = np.clip(values, 0.0, 1.0)  # a new array, then in place: no more temporaries
+    out *= 255.0
+    out += 0.5
+    return out.astype(np.uint8)
 
 
 def with_alpha(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """HxWx3 uint8 + HxW float alpha -> HxWx4 uint8 RGBA.
+    """HxWx3 uint8 + HxW alpha (float in [0, 1], or uint8 as :func:`to_uint8` makes it) -> HxWx4 uint8 RGBA.
 
     Colour is zeroed where alpha is 0: those pixels are invisible, and flat zeros encode faster
     and 35-40% smaller than the hidden image content (OpenCV and fpng alike).
     """
-    a = to_uint8(alpha)
+    a = alpha if alpha.dtype == np.uint8 else to_uint8(alpha)
     rgba = np.zeros((*a.shape, 4), np.uint8)
     cv2.copyTo(cv2.merge([rgb, a]), a, rgba)  # where alpha > 0; 6x faster than dstack + boolean indexing
     return rgba

@@ -131,6 +131,15 @@ def test_masks_grey_and_high_levels_stay_with_opencv(monkeypatch):
     assert np.array_equal(pixels(encode(rgba, "png", 1, 95, "auto")), rgba)  # channel order kept
 
 
+def test_with_alpha_takes_the_mask_as_float_or_as_to_uint8_made_it():
+    """The writers convert a sample's mask to uint8 once and pass that to every layer."""
+    sample = make_sample(size=64)
+    mask = soft_disc_mask(64, 64)
+    rgba = with_alpha(sample.image, mask)
+    assert np.array_equal(with_alpha(sample.image, to_uint8(mask)), rgba)
+    assert np.array_equal(rgba[..., 3], to_uint8(mask)) and np.array_equal(rgba[..., :3][mask > 0.002], sample.image[mask > 0.002])
+
+
 def test_rgba_layers_keep_zeroed_colour_under_alpha_0():
     """fpng stores what with_alpha made: invisible pixels stay (0, 0, 0, 0), so they stay cheap."""
     sample = make_sample(size=96)

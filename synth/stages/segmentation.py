@@ -48,8 +48,10 @@ def set_mask(sample: Sample, mask: np.ndarray) -> None:
     mask = np.clip(mask.astype(np.float32, copy=False), 0.0, 1.0)
     sample.mask = mask
     sample.foreground = sample.image  # full-frame layer; written with the mask as alpha
-    keep = 1.0 - mask
-    sample.background = (sample.image * keep[..., None] + 0.5).astype(np.uint8)
+    background = sample.image.astype(np.float32)  # image * (1 - mask), rounded; in place
+    background *= (1.0 - mask)[..., None]
+    background += 0.5
+    sample.background = background.astype(np.uint8)
 
 
 class GrabCut(Stage):
