@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -250,17 +251,22 @@ class InputsChanged(ConfigError):
 
 
 def check_manifest(path: Path, entries: Callable[[], Iterable[tuple[int, str, str, int, int]]],
-                   total: int, start_over: bool = False) -> None:
+                   total: int, start_over: bool = False, num_shards: int = 1) -> None:
     """Compare this shard's inputs (``entries()`` yields ``(index, id, path, size, mtime_ns)``)
     with ``path``, the manifest of the run directory's first run; write it when missing, grown
     or ``start_over``.
 
     Safe (returns): the same inputs, or inputs added after the last old one (new ids), or the
     last ones gone (their outputs stay). Anything else raises InputsChanged naming the first
-    difference: an id would now mean another file."""
+    difference: an id would now mean another file.
+
+    A run directory holds the shards of one ``num_shards`` only (also with ``start_over``): a
+    manifest of another sharding raises ConfigError, since its job's records hold ids this job
+    would record again in its own ``samples*.jsonl``."""
+    _check_sharding(path, num_shards)
     header = next(read_jsonl(path), None)
     if start_over or header is None or header.get("manifest") != 1:
-        _write_atomically(path, _manifest_lines(entries(), total))
+        _write_atomically(path, _manifest_lines(entries(), total, num_shards))
         return
     olds = _manifest_entries(path)
     new = first_new = None
@@ -285,7 +291,23 @@ def check_manifest(path: Path, entries: Callable[[], Iterable[tuple[int, str, st
                     "their outputs stay", gone)
     if new:
         log.info("%d new inputs since this run directory's first run: ids from %s on", new, first_new)
-        _write_atomically(path, _manifest_lines(entries(), total))
+        _write_atomically(path, _manifest_lines(entries(), total, num_shards))
+
+
+def _check_sharding(path: Path, num_shards: int) -> None:
+    """Raise ConfigError when a manifest beside ``path`` (this job's) was written by a job of
+    another ``data.num_shards`` (``manifest.jsonl``: 1; older sharded manifests without the key
+    are only known to be sharded)."""
+    for other in sorted(path.parent.glob("manifest*.jsonl")):
+        sharded = re.fullmatch(r"manifest-\d{4}\.jsonl", other.name)
+        if not sharded and other.name != "manifest.jsonl":
+            continue
+        header = next(read_jsonl(other), None) or {}
+        theirs = header.get("num_shards", None if sharded else 1)
+        if theirs != num_shards and (theirs is not None or num_shards == 1):
+            raise ConfigError(f"data.num_shards={num_shards}: this run directory holds the samples of a job with "
+                              f"data.num_shards={theirs or 'more than 1'} ({other.name}); a job of another sharding "
+                              f"would record some ids twice: use another hydra.run.dir")
 
 
 def _write_atomically(path: Path, blocks: Iterable[bytes]) -> None:
@@ -295,11 +317,11 @@ def _write_atomically(path: Path, blocks: Iterable[bytes]) -> None:
         raise as_output_error(err) from err
 
 
-def _manifest_lines(entries, total: int) -> Iterator[bytes]:
+def _manifest_lines(entries, total: int, num_shards: int = 1) -> Iterator[bytes]:
     """The manifest, encoded in blocks: a header object, then one compact JSON array per input,
     ``[index, id, path, size, mtime_ns]`` (formatted by hand: a million lines in seconds)."""
-    yield (json.dumps({"manifest": 1, "total": total, "fields": ["index", "id", "path", "size", "mtime_ns"]})
-           + "\n").encode()
+    yield (json.dumps({"manifest": 1, "total": total, "num_shards": num_shards,
+                       "fields": ["index", "id", "path", "size", "mtime_ns"]}) + "\n").encode()
     block: list[str] = []
     for index, sid, source, size, mtime in entries:
         block.append(f'[{index},"{sid}",{json.dumps(source)},{size},{mtime}]\n')

@@ -230,7 +230,8 @@ class Runner:
         try:
             self.source.skip(self.run_dir)  # never our own outputs as inputs
             total = self.source.total
-            check_manifest(self.manifest_path, self.source.entries, total, start_over=not self.resume)
+            check_manifest(self.manifest_path, self.source.entries, total, start_over=not self.resume,
+                           num_shards=getattr(self.source, "num_shards", 1))
             for writer in self.writers:
                 writer.open(self.run_dir, resume=self.resume, shard_index=getattr(self.source, "shard_index", 0))
             self._resume_state()

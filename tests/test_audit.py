@@ -1,0 +1,53 @@
+"""Found by a hostile-user audit: ways a job could end with a wrong or incomplete dataset, or a
+traceback instead of one line. Each test fails without the fix it names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from synth.errors import ConfigError
+from tests.test_robustness_run import photo, run_job
+
+
+def photos(folder: Path, count: int) -> Path:
+    for i in range(count):
+        photo(folder / f"p{i}.png", h=40, w=48, seed=i)
+    return folder
+
+
+def ids_in_records(run_dir: Path) -> list[str]:
+    return sorted(json.loads(line)["image_id"] for path in run_dir.glob("samples*.jsonl")
+                  for line in path.read_text().splitlines())
+
+
+# --- one run directory, one sharding -------------------------------------------------------------
+@pytest.mark.parametrize("first, second", [
+    ((), ("data.num_shards=2", "data.shard_index=0")),  # unsharded, then a shard
+    (("data.num_shards=2", "data.shard_index=0"), ()),  # a shard, then unsharded
+    (("data.num_shards=2", "data.shard_index=0"), ("data.num_shards=4", "data.shard_index=2")),
+])
+def test_a_run_directory_refuses_a_job_of_another_sharding(tmp_path, first, second):
+    """Fix: rundir.check_manifest compares data.num_shards with the run directory's manifests.
+    Without it the second job wrote samples-0000.jsonl (or samples.jsonl) beside the first one's:
+    ids 000000 and 000002 twice across samples*.jsonl, which the README reads as one dataset."""
+    data, run_dir = photos(tmp_path / "in", 4), tmp_path / "run"
+    run_job(data, run_dir, "max_failure_rate=1", *first)
+    before = ids_in_records(run_dir)
+    with pytest.raises(ConfigError, match=r"^data\.num_shards=\d: this run directory holds the samples of a job "
+                                          r"with data\.num_shards=\d \(manifest\S*\.jsonl\)"):
+        run_job(data, run_dir, "max_failure_rate=1", *second)
+    with pytest.raises(ConfigError, match=r"^data\.num_shards"):  # resume=false would leave the others' records
+        run_job(data, run_dir, "max_failure_rate=1", "resume=false", *second)
+    assert ids_in_records(run_dir) == before and len(set(before)) == len(before)
+
+
+def test_shards_of_one_sharding_may_share_a_run_directory_one_after_the_other(tmp_path):
+    """What the check must still allow: each shard once (the lock keeps them apart), then a resume."""
+    data, run_dir = photos(tmp_path / "in", 4), tmp_path / "run"
+    for index in (0, 1, 0):
+        run_job(data, run_dir, "max_failure_rate=1", "data.num_shards=2", f"data.shard_index={index}")
+    ids = ids_in_records(run_dir)
+    assert len(ids) == len(set(ids)) >= 3
