@@ -229,8 +229,13 @@ class JsonlLog:
         self.count = 0  # lines written by this job
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(_line(record))
-        self._file.flush()
+        """Append one line; a full disk (any OS error) is an OutputError naming this file: the job
+        stops with one line and exit 3 (a torn line is cut off by the next run)."""
+        try:
+            self._file.write(_line(record))
+            self._file.flush()
+        except OSError as err:
+            raise OutputError(f"cannot write {printable(str(self.path))}: {err.strerror or err}") from err
         self.count += 1
 
     def close(self) -> None:

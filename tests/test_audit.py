@@ -51,3 +51,41 @@ def test_shards_of_one_sharding_may_share_a_run_directory_one_after_the_other(tm
         run_job(data, run_dir, "max_failure_rate=1", "data.num_shards=2", f"data.shard_index={index}")
     ids = ids_in_records(run_dir)
     assert len(ids) == len(set(ids)) >= 3
+
+
+# --- a full disk while a record is appended ------------------------------------------------------
+@pytest.mark.parametrize("log_name", ["samples.jsonl", "failures.jsonl"])
+def test_disk_full_while_appending_a_record_is_one_output_error(tmp_path, monkeypatch, log_name):
+    """Fix: rundir.JsonlLog.write raises OutputError naming the file. Without it the raw OSError
+    left the job with a traceback, exit 1 and metadata.json's exit_code 1 (README: exit 3)."""
+    import errno
+    import os
+
+    from synth.errors import OutputError
+    from tests.conftest import read_summary
+
+    class FullFile:
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a flush on a full disk: no file name
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    import synth.rundir as rundir
+    real_init = rundir.JsonlLog.__init__
+
+    def init(self, path, fresh=False):
+        real_init(self, path, fresh)
+        if self.path.name == log_name:
+            self._file = FullFile(self._file)
+
+    monkeypatch.setattr(rundir.JsonlLog, "__init__", init)
+    data, run_dir = photos(tmp_path / "in", 2), tmp_path / "run"
+    if log_name == "failures.jsonl":
+        photo(data / "p2.png", h=4, w=4)  # fails at load (min_side)
+    with pytest.raises(OutputError, match=rf"^cannot write {run_dir}/{log_name}: No space left on device$"):
+        run_job(data, run_dir, "max_failure_rate=1")
+    assert read_summary(run_dir)["exit_code"] == 3
