@@ -43,7 +43,7 @@ def linear_to_srgb(linear: np.ndarray) -> np.ndarray:
     q = np.clip(linear, 0.0, 1.0)
     q *= np.float32(_LINEAR_LEVELS)
     q += np.float32(0.5)
-    return np.take(_LINEAR_TO_SRGB, q.astype(np.uint16))
+    return np.take(_LINEAR_TO_SRGB, q.astype(np.uint16), mode="clip")  # in range: "clip" skips the bounds check
 
 
 # --- blurs and resizing ------------------------------------------------------------------------
