@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from importlib import resources
 from pathlib import Path
@@ -97,6 +98,10 @@ def main(cfg: DictConfig) -> None:
         summary = runner.run(config=OmegaConf.to_container(cfg, resolve=True))
     except tuple(JOB_ERRORS) as err:  # a bad config, an unwritable output, a worker killed: one line
         _exit_with(err)
+    except KeyboardInterrupt:  # Ctrl-C before the job's handler (listing, resume check) or a second one
+        print("error: interrupted by SIGINT; files are written atomically: rerun the same command to resume",
+              file=sys.stderr)
+        raise SystemExit(128 + int(signal.SIGINT)) from None
     _print_summary(format_summary(summary))
     if summary["exit_code"]:
         raise SystemExit(summary["exit_code"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -287,6 +288,10 @@ class Runner:
                                                  stop.received)
         except tuple(JOB_ERRORS) as err:  # e.g. missing model weights at setup, disk full, a worker killed
             exit_code, exit_reason = exit_code_of(err), str(err)
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C (the handler gave SIGINT back): the process ends 130
+            exit_code = 128 + int(signal.SIGINT)
+            exit_reason = "aborted by a second SIGINT; rerun the same command to resume"
             raise
         finally:
             stop.restore()

@@ -89,3 +89,51 @@ def test_disk_full_while_appending_a_record_is_one_output_error(tmp_path, monkey
     with pytest.raises(OutputError, match=rf"^cannot write {run_dir}/{log_name}: No space left on device$"):
         run_job(data, run_dir, "max_failure_rate=1")
     assert read_summary(run_dir)["exit_code"] == 3
+
+
+# --- Ctrl-C outside the pipeline's handler -------------------------------------------------------
+def test_a_second_ctrl_c_records_exit_130_in_metadata_json(tmp_path, monkeypatch):
+    """Fix: Runner._process records a KeyboardInterrupt (the second Ctrl-C, which the handler
+    gives back to Python) as 130. Without it metadata.json said exit_code 1, "stopped by an
+    error", while the process ended by SIGINT (130)."""
+    import synth.runner as runner
+    from tests.conftest import read_summary
+
+    real_commit = runner.Runner._commit
+
+    def commit(self, sample, written, step):
+        if sample.index == 1:
+            raise KeyboardInterrupt  # as the second Ctrl-C arrives
+        real_commit(self, sample, written, step)
+
+    monkeypatch.setattr(runner.Runner, "_commit", commit)
+    data, run_dir = photos(tmp_path / "in", 3), tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_job(data, run_dir)
+    summary = read_summary(run_dir)
+    assert summary["exit_code"] == 130 and summary["exit_reason"].startswith("aborted by a second SIGINT")
+
+
+def test_ctrl_c_before_processing_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    """Fix: app.main turns a KeyboardInterrupt (Ctrl-C while listing, checking the manifest or
+    the resume state, before the handler is installed, or a second Ctrl-C) into one line and
+    exit 130. Without it: a traceback through Hydra and the resume check's thread pool."""
+    import sys
+
+    import synth.app as app
+    import synth.runner as runner
+
+    def interrupted(self):
+        raise KeyboardInterrupt  # Ctrl-C in the middle of the resume check
+
+    monkeypatch.setattr(runner.Runner, "_resume_state", interrupted)
+    data, run_dir = photos(tmp_path / "in", 1), tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["synth", f"hydra.run.dir={run_dir}", "data=folder", f"data.path={data}",
+                                      "logger=none", "num_workers=1"])
+    with pytest.raises(SystemExit) as stopped:
+        app.cli()
+    err = capsys.readouterr().err
+    assert stopped.value.code == 130
+    assert err.strip().splitlines() == ["error: interrupted by SIGINT; files are written atomically: rerun the "
+                                        "same command to resume"], err
+    assert not (run_dir / "synth.lock").exists()
