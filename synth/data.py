@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
@@ -10,7 +11,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from synth.decode import Limits, decode, formats_for
 from synth.errors import ConfigError, SampleError
@@ -120,7 +121,7 @@ class ImageFolder:
                 try:
                     st = os.stat(os.path.join(root, paths[index]))
                     out.append((index, st.st_size, st.st_mtime_ns))
-                except OSError:
+                except (OSError, ValueError):  # ValueError: a NUL byte in a data=csv path
                     out.append((index, -1, 0))
             return out
 
@@ -174,7 +175,8 @@ class CsvSource(ImageFolder):
         self.column = column
         with open(self.csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
-            self.fieldnames = list(reader.fieldnames or [])
+            with self._csv_errors(reader.reader):
+                self.fieldnames = list(reader.fieldnames or [])
             if column not in self.fieldnames:
                 raise ConfigError(f"data.column={column}: not a column of {path} "
                                   f"(columns: {', '.join(self.fieldnames) or 'none'})")
@@ -194,10 +196,20 @@ class CsvSource(ImageFolder):
             with open(self.csv_path, newline="", encoding="utf-8-sig") as f:
                 reader = csv.reader(f)
                 column = self.fieldnames.index(self.column)
-                next(reader, None)  # the header
-                self._paths = [os.path.expanduser(row[column].strip()) if len(row) > column else ""
-                               for row in itertools.islice(reader, self.limit)]
+                with self._csv_errors(reader):
+                    next(reader, None)  # the header
+                    self._paths = [os.path.expanduser(row[column].strip()) if len(row) > column else ""
+                                   for row in itertools.islice(reader, self.limit)]
         return self._paths
+
+    @contextlib.contextmanager
+    def _csv_errors(self, reader: Any) -> Iterator[None]:
+        """A row the csv module refuses (a field over its 128 KiB limit): one ConfigError naming
+        the file and line, not a traceback."""
+        try:
+            yield
+        except csv.Error as err:
+            raise ConfigError(f"data.path={printable(str(self.csv_path))}: line {reader.line_num}: {err}") from None
 
     def write_outputs(self, run_dir: Path, output_of: Callable[[int], str | None]) -> Path:
         """Write ``<stem>_with_outputs.csv``: this shard's rows (streamed), each with the output

@@ -137,3 +137,31 @@ def test_ctrl_c_before_processing_is_one_line_and_exit_130(tmp_path, monkeypatch
     assert err.strip().splitlines() == ["error: interrupted by SIGINT; files are written atomically: rerun the "
                                         "same command to resume"], err
     assert not (run_dir / "synth.lock").exists()
+
+
+# --- data=csv: rows the csv module or the OS cannot take -----------------------------------------
+def csv_job(tmp_path: Path, table: str) -> dict:
+    from synth.app import build_runner
+    from tests.conftest import compose_config
+
+    photos(tmp_path, 2)
+    (tmp_path / "pairs.csv").write_text(table)
+    cfg = compose_config("data=csv", f"data.path='{tmp_path / 'pairs.csv'}'", "logger=none", "num_workers=1",
+                         "max_failure_rate=1")
+    return build_runner(cfg, tmp_path / "run").run()
+
+
+def test_csv_path_with_a_nul_byte_fails_its_sample_only(tmp_path):
+    """Fix: ImageFolder.entries treats a path the OS refuses (ValueError: embedded null byte) like
+    an unreadable one. Without it the manifest's stat raised ValueError: a traceback, exit 1."""
+    summary = csv_job(tmp_path, "image_path\np0.png\np\x001.png\np1.png\n")
+    assert (summary["done"], summary["failed"]) == (2, 1)
+    [failure] = summary["failures"]
+    assert (failure["id"], failure["stage"]) == ("000001", "load")
+
+
+def test_csv_field_over_the_csv_limit_is_one_config_error(tmp_path):
+    """Fix: CsvSource reports csv.Error as a ConfigError naming the file and line. Without it
+    ``_csv.Error: field larger than field limit (131072)`` was a traceback, exit 1."""
+    with pytest.raises(ConfigError, match=r"^data\.path=\S+pairs\.csv: line 3: field larger than field limit"):
+        csv_job(tmp_path, f'image_path,note\np0.png,a\np1.png,"{"x" * 200_000}"\n')
