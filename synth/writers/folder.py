@@ -127,13 +127,16 @@ class FolderWriter:
 
     def discard(self, sample_id: str) -> None:
         """Remove every file this writer may have written for ``sample_id`` (metadata first, so
-        that the sample never looks complete while its files go)."""
+        that the sample never looks complete while its files go), in every format: an earlier run
+        may have written another ``writer.format``."""
         names = [METADATA_FILE, *STAGE_FILES.values(), *OUTPUT_LINKS.values(), *TRAINING_FILES.values(), PARAMS_FILE]
         for name in dict.fromkeys(names):
-            try:
-                self._path(name, sample_id).unlink(missing_ok=True)
-            except OSError:  # e.g. the path runs through a file: nothing was written there
-                pass
+            path = self._path(name, sample_id)
+            for suffix in dict.fromkeys([path.suffix] + ([] if name.endswith(".json") else [f".{f}" for f in FORMATS])):
+                try:
+                    path.with_suffix(suffix).unlink(missing_ok=True)
+                except OSError:  # e.g. the path runs through a file: nothing was written there
+                    pass
 
     def _write_files(self, sample: Sample, images: EncodedImages | None) -> dict[str, Any]:
         sid = sample.id
