@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from synth.errors import ConfigError, OutputError
 from synth.faults import EXIT_CONFIG_ERROR, JOB_ERRORS, check_creatable, exit_code_of, printable
 from synth.runner import STAGE_GROUPS, Runner
+from synth.stages.segmentation import MaskFolder
 
 log = logging.getLogger("synth")
 
@@ -57,8 +58,10 @@ def build_writers(cfg: DictConfig) -> list[Any]:
 def build_runner(cfg: DictConfig, run_dir: Path) -> Runner:
     """Every object from config; stages in the order the config lists them."""
     stages = [build(cfg, key) for key in cfg if key in STAGE_GROUPS]
+    source = build(cfg, "data")
+    skip_mask_folders(source, stages)
     return Runner(
-        source=build(cfg, "data"),
+        source=source,
         stages=stages,
         writers=build_writers(cfg),
         logger=build(cfg, "logger"),
@@ -72,6 +75,18 @@ def build_runner(cfg: DictConfig, run_dir: Path) -> Runner:
         progress_every_s=cfg.get("progress_every_s", 30),
         max_failure_rate=cfg.get("max_failure_rate", 0.1),
     )
+
+
+def skip_mask_folders(source: Any, stages: list[Any]) -> None:
+    """A mask folder (``segmentation=mask_folder``) inside ``data.path`` is never listed as input:
+    its masks would each be found as their own mask. One that is ``data.path`` itself (masks beside
+    the photos, ``segmentation.suffix=_mask.png``) or holds it is left alone."""
+    root = getattr(source, "root", None)
+    for stage in stages:
+        if isinstance(stage, MaskFolder) and root is not None and hasattr(source, "skip"):
+            masks, top = os.path.realpath(stage.path), os.path.realpath(root)
+            if masks != top and os.path.commonpath([masks, top]) == top:
+                source.skip(masks)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -181,3 +181,39 @@ def test_a_sample_that_fails_after_a_format_change_leaves_none_of_its_earlier_fi
     assert [f["id"] for f in summary["failures"]] == ["000000"]
     assert files_of(run_dir, "000000") == []
     assert len(files_of(run_dir, "000001")) > 5  # complete: skipped, kept
+
+
+# --- a mask folder inside data.path --------------------------------------------------------------
+def mask(path: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    m = np.zeros((40, 48), np.uint8)
+    m[8:32, 10:38] = 255
+    Image.fromarray(m).save(path)
+    return path
+
+
+def test_a_mask_folder_inside_data_path_is_not_input(tmp_path):
+    """Fix: app.build_runner tells the source to skip segmentation.path when it lies inside
+    data.path. Without it the masks were listed as photos, each found itself as its own mask
+    (ds/masks/p0.png -> <masks>/p0.png) and became a sample: 4 samples of 2 photos, exit 0."""
+    data = photos(tmp_path / "ds", 2)
+    for i in range(2):
+        mask(data / "masks" / f"p{i}.png")
+    summary = run_job(data, tmp_path / "run", "segmentation=mask_folder", f"segmentation.path='{data / 'masks'}'")
+    assert (summary["total"], summary["done"]) == (2, 2)
+    from tests.conftest import read_samples
+    assert sorted(Path(r["source"]).name for r in read_samples(tmp_path / "run")) == ["p0.png", "p1.png"]
+
+
+def test_masks_beside_the_photos_leave_the_photos_listed(tmp_path):
+    """What the fix must not do: a mask folder that is data.path itself is not skipped (that
+    would list no input at all)."""
+    data = photos(tmp_path / "ds", 2)
+    for i in range(2):
+        mask(data / f"p{i}_mask.tif")  # not an input: data.extensions=[.png]
+    summary = run_job(data, tmp_path / "run", "data.extensions=[.png]", "segmentation=mask_folder",
+                      f"segmentation.path='{data}'", "segmentation.suffix=_mask.tif")
+    assert (summary["total"], summary["done"]) == (2, 2)
