@@ -234,7 +234,8 @@ class Runner:
             check_manifest(self.manifest_path, self.source.entries, total, start_over=not self.resume,
                            num_shards=getattr(self.source, "num_shards", 1))
             for writer in self.writers:
-                writer.open(self.run_dir, resume=self.resume, shard_index=getattr(self.source, "shard_index", 0))
+                writer.open(self.run_dir, resume=self.resume, shard_index=getattr(self.source, "shard_index", 0),
+                            source=self.source)
             self._resume_state()
             return self._process(config, started)
         finally:

@@ -217,3 +217,32 @@ def test_masks_beside_the_photos_leave_the_photos_listed(tmp_path):
     summary = run_job(data, tmp_path / "run", "data.extensions=[.png]", "segmentation=mask_folder",
                       f"segmentation.path='{data}'", "segmentation.suffix=_mask.tif")
     assert (summary["total"], summary["done"]) == (2, 2)
+
+
+# --- a writer.path shared by jobs over different inputs ------------------------------------------
+@pytest.mark.parametrize("writer", ["webdataset", "hf"])
+def test_a_writer_path_holding_another_inputs_samples_is_refused(tmp_path, writer):
+    """Fix: ShardedWriter.open compares the source recorded with each id in the shards of
+    writer.path with this job's listing. Without it a second job over other photos found its ids
+    "complete" in the first job's shards: 0 done, 2 already complete, exit 0, and its photos were
+    in no shard."""
+    shared = tmp_path / "dataset"
+    first = photos(tmp_path / "first", 2)
+    run_job(first, tmp_path / "run1", f"writer={writer}", f"writer.path={shared}")
+    other = tmp_path / "other"
+    for i in range(2):
+        photo(other / f"q{i}.png", h=40, w=48, seed=10 + i)
+    with pytest.raises(ConfigError, match=rf"^{shared}\S*: sample 000000 was made from \S*first/p0\.png, but "
+                                          rf"this job's 000000 is q0\.png"):
+        run_job(other, tmp_path / "run2", f"writer={writer}", f"writer.path={shared}")
+
+
+def test_the_same_inputs_spelled_another_way_still_resume_from_a_shared_writer_path(tmp_path, monkeypatch):
+    """What the check must allow: the same photos, data.path relative in one job and absolute in
+    the next (another run directory, one writer.path): every sample is complete, none is written twice."""
+    shared = tmp_path / "dataset"
+    photos(tmp_path / "in", 2)
+    monkeypatch.chdir(tmp_path)
+    run_job(Path("in"), tmp_path / "run1", "writer=webdataset", f"writer.path={shared}")
+    again = run_job(tmp_path / "in", tmp_path / "run2", "writer=webdataset", f"writer.path={shared}")
+    assert (again["done"], again["skipped_complete"]) == (0, 2)

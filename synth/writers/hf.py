@@ -122,5 +122,7 @@ class HFDatasetWriter(ShardedWriter):
         self._buffer.clear()
         self._parquet, self._paths, self._rows, self._bytes = None, None, 0, 0
 
-    def _ids_in(self, shard: Path) -> list[str]:
-        return pq.ParquetFile(shard).read(columns=["image_id"]).column("image_id").to_pylist()
+    def _ids_in(self, shard: Path) -> dict[str, str | None]:
+        """Each id in ``shard`` -> its ``source`` column."""
+        table = pq.ParquetFile(shard).read(columns=["image_id", "source"])
+        return dict(zip(table.column("image_id").to_pylist(), table.column("source").to_pylist()))

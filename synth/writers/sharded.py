@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from synth.faults import as_output_error, printable
-from synth.errors import one_line
+from synth.errors import ConfigError, one_line
 from synth.sample import Sample
 from synth.writers.encoded import EncodedImages
 from synth.writers.folder import check_image_settings
@@ -96,8 +96,9 @@ class ShardedWriter:
             if not pid.isdigit() or int(pid) == os.getpid() or not process_alive(int(pid)):
                 temp.unlink(missing_ok=True)
 
-    def _readable_ids(self, shard: Path) -> list[str] | set[str]:
-        """The ids in ``shard``; a shard that cannot be read is renamed ``*.corrupt`` (no ids)."""
+    def _readable_ids(self, shard: Path) -> dict[str, str | None]:
+        """The ids in ``shard``, each with the source it was made from (``_ids_in``); a shard that
+        cannot be read is renamed ``*.corrupt`` (no ids)."""
         problem = None if shard.is_file() and not shard.is_symlink() else "not a regular file"
         if problem is None:
             try:
@@ -111,10 +112,32 @@ class ShardedWriter:
         try:
             shard.rename(aside)
         except FileNotFoundError:  # another job sharing writer.path set it aside first
-            return []
+            return {}
         log.warning("%s: cannot be read (%s); set aside as %s, its samples will be written again",
                     printable(str(shard)), printable(problem[:200]), aside.name)
-        return []
+        return {}
+
+    @staticmethod
+    def _check_sources(shard: Path, found: dict[str, str | None], source: Any) -> None:
+        """Raise ConfigError when an id in ``shard`` was made from another input than the one
+        ``source`` (the job's listing) gives it: the folder holds another job's dataset, whose
+        samples would count as this job's. Compared: the path as listed (relative to data.path, or
+        as the CSV writes it) against the end of the recorded source, so that the same inputs under
+        another data.path spelling still match."""
+        paths = getattr(source, "paths", None)
+        if paths is None:
+            return
+        for sample_id, recorded in found.items():
+            if recorded is None or not sample_id.isdigit() or int(sample_id) >= len(paths):
+                continue
+            index = int(sample_id)
+            if source.id_of(index) != sample_id:
+                continue  # another listing's id width: not one of this job's ids
+            listed, recorded = printable(str(Path(paths[index]))), printable(recorded)
+            if recorded != listed and not recorded.endswith("/" + listed):
+                raise ConfigError(f"{printable(str(shard))}: sample {sample_id} was made from {recorded}, but "
+                                  f"this job's {sample_id} is {listed}: this folder holds another job's dataset; "
+                                  f"use another writer.path (writers.NAME.path)")
 
     def _own_shards(self) -> dict[int, Path]:
         """This job's complete shards by sequence number."""
@@ -123,7 +146,9 @@ class ShardedWriter:
         return {int(m.group(1)): self.dir / m.group(0) for m in found if m}
 
     # -- the writer interface -------------------------------------------------------------------
-    def open(self, run_dir: Path, resume: bool = True, shard_index: int = 0, **_: Any) -> None:
+    def open(self, run_dir: Path, resume: bool = True, shard_index: int = 0, source: Any = None, **_: Any) -> None:
+        """``source`` (the job's listing), on resume: every id in the folder's shards must have been
+        made from the input this job lists under it (``_check_sources``)."""
         self.root = Path(self.path).expanduser() if self.path else Path(run_dir) / self.default_dir
         self.dir = self.root / self.subdir
         self.shard_index = int(shard_index)
@@ -138,7 +163,9 @@ class ShardedWriter:
                         shard.unlink()
             else:  # every job's shards: ids are global, whatever the sharding of earlier runs
                 for shard in sorted(self.dir.glob(f"{self.prefix}-*{self.suffix}")):
-                    self.complete.update(self._readable_ids(shard))
+                    found = self._readable_ids(shard)
+                    self._check_sources(shard, found, source)
+                    self.complete.update(found)
         self.next_seq = max(self._own_shards(), default=-1) + 1
 
     def __getstate__(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ Shards are ``shard-{data.shard_index:04d}-{seq:06d}.tar`` and appear only when c
 
 from __future__ import annotations
 
+import json
 import logging
 import tarfile
 from pathlib import Path
@@ -92,12 +93,21 @@ class WebDatasetWriter(ShardedWriter):
                 Path(temp).unlink(missing_ok=True)
             self._sink = None
 
-    def _ids_in(self, shard: Path) -> set[str]:
+    def _ids_in(self, shard: Path) -> dict[str, str | None]:
+        """Each id in ``shard`` -> the ``source`` its ``json`` record names (None without one)."""
         size = shard.stat().st_size
         with tarfile.open(shard) as tar:
             members = tar.getmembers()
-        # tarfile lists a member whose data was cut off (it stops at the missing header): check
-        end = max((m.offset_data + m.size for m in members), default=0)
-        if not members or end > size:
-            raise tarfile.ReadError(f"truncated: {size} bytes, its members need {end}" if members else "no members")
-        return {m.name.split(".", 1)[0] for m in members}
+            # tarfile lists a member whose data was cut off (it stops at the missing header): check
+            end = max((m.offset_data + m.size for m in members), default=0)
+            if not members or end > size:
+                raise tarfile.ReadError(f"truncated: {size} bytes, its members need {end}" if members else "no members")
+            ids: dict[str, str | None] = {m.name.split(".", 1)[0]: None for m in members}
+            for m in members:
+                if m.name.endswith(".json") and m.isfile():
+                    try:
+                        source = json.loads(tar.extractfile(m).read()).get("source")
+                    except (ValueError, AttributeError):  # not a record: nothing to compare
+                        continue
+                    ids[m.name.split(".", 1)[0]] = source if isinstance(source, str) else None
+        return ids
