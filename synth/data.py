@@ -79,7 +79,14 @@ class ImageFolder:
         """Every input (every shard), sorted, as compact strings relative to ``root``; ``limit``
         keeps the first N. One string per input is all a job holds per input."""
         if self._paths is None:
+            where = f"data.path={printable(str(self.root))}"
+            if os.path.realpath(self.root) in self.skip_dirs:  # every photo would be skipped as an output
+                raise ConfigError(f"{where}: is the run directory (hydra.run.dir): its photos would be "
+                                  f"skipped as the job's outputs; choose another hydra.run.dir")
             found = _list_images(self.root, self.extensions, self.recursive, self.skip_dirs)
+            if not found and self.limit != 0:
+                raise ConfigError(f"{where}: no images (data.extensions: {', '.join(self.extensions)}"
+                                  f"{'' if self.recursive else '; data.recursive=false'})")
             self._paths = found[: self.limit] if self.limit is not None else found
         return self._paths
 
@@ -200,6 +207,8 @@ class CsvSource(ImageFolder):
                     next(reader, None)  # the header
                     self._paths = [os.path.expanduser(row[column].strip()) if len(row) > column else ""
                                    for row in itertools.islice(reader, self.limit)]
+            if not self._paths and self.limit != 0:
+                raise ConfigError(f"data.path={printable(str(self.csv_path))}: no rows below the header")
         return self._paths
 
     @contextlib.contextmanager

@@ -246,3 +246,30 @@ def test_the_same_inputs_spelled_another_way_still_resume_from_a_shared_writer_p
     run_job(Path("in"), tmp_path / "run1", "writer=webdataset", f"writer.path={shared}")
     again = run_job(tmp_path / "in", tmp_path / "run2", "writer=webdataset", f"writer.path={shared}")
     assert (again["done"], again["skipped_complete"]) == (0, 2)
+
+
+# --- nothing to list -----------------------------------------------------------------------------
+def test_a_run_directory_that_is_data_path_is_refused(tmp_path):
+    """Fix: ImageFolder.paths refuses a data.path that is the run directory (skipped as our own
+    outputs). Without it every photo there was skipped: 0 done of 0, exit 0, an empty dataset."""
+    data = photos(tmp_path / "photos", 2)
+    with pytest.raises(ConfigError, match=rf"^data\.path={data}: is the run directory \(hydra\.run\.dir\)"):
+        run_job(data, data)
+
+
+def test_a_listing_without_images_is_refused(tmp_path):
+    """Fix: an empty listing (no file with one of data.extensions) is a ConfigError, exit 2.
+    Without it the job reported 0 done of 0 and exit 0 (e.g. a folder of .heic photos)."""
+    data = tmp_path / "photos"
+    data.mkdir()
+    (data / "IMG_0001.heic").write_bytes(b"not listed")
+    with pytest.raises(ConfigError, match=rf"^data\.path={data}: no images \(data\.extensions: \.jpg, "):
+        run_job(data, tmp_path / "run")
+    summary = run_job(photos(data, 1), tmp_path / "run", "data.num_shards=2", "data.shard_index=1")
+    assert summary["total"] == 0  # an empty shard of a non-empty listing is fine
+
+
+def test_a_csv_without_rows_is_refused(tmp_path):
+    """Fix: as an empty folder, a CSV with a header only is a ConfigError (was 0 of 0, exit 0)."""
+    with pytest.raises(ConfigError, match=r"^data\.path=\S+pairs\.csv: no rows below the header$"):
+        csv_job(tmp_path, "image_path,note\n")
