@@ -190,23 +190,24 @@ class CsvSource(ImageFolder):
         super().__init__(path=str(self.csv_path.parent), num_shards=num_shards, shard_index=shard_index,
                          limit=limit, **limits)
 
-    def _rows(self) -> Iterator[dict]:
-        """The CSV's rows, streamed (rows are read again when needed, never all held)."""
+    def _rows(self) -> Iterator[list[str]]:
+        """The CSV's data rows as lists of cells, streamed (read again when needed, never all held):
+        the header and blank lines left out, so that ``paths`` (the ids) and ``write_outputs``
+        count the same rows."""
         with open(self.csv_path, newline="", encoding="utf-8-sig") as f:
-            yield from csv.DictReader(f)
+            reader = csv.reader(f)
+            with self._csv_errors(reader):
+                next(reader, None)  # the header
+                yield from (row for row in reader if row)
 
     @property
     def paths(self) -> list[str]:
         """Every row's path as written (every shard), in file order; ``limit`` keeps the first N rows.
         Relative paths are relative to the CSV's folder (``root``)."""
         if self._paths is None:
-            with open(self.csv_path, newline="", encoding="utf-8-sig") as f:
-                reader = csv.reader(f)
-                column = self.fieldnames.index(self.column)
-                with self._csv_errors(reader):
-                    next(reader, None)  # the header
-                    self._paths = [os.path.expanduser(row[column].strip()) if len(row) > column else ""
-                                   for row in itertools.islice(reader, self.limit)]
+            column = self.fieldnames.index(self.column)
+            self._paths = [os.path.expanduser(row[column].strip()) if len(row) > column else ""
+                           for row in itertools.islice(self._rows(), self.limit)]
             if not self._paths and self.limit != 0:
                 raise ConfigError(f"data.path={printable(str(self.csv_path))}: no rows below the header")
         return self._paths
@@ -222,17 +223,21 @@ class CsvSource(ImageFolder):
 
     def write_outputs(self, run_dir: Path, output_of: Callable[[int], str | None]) -> Path:
         """Write ``<stem>_with_outputs.csv``: this shard's rows (streamed), each with the output
-        path ``output_of(index)`` returns (empty for None)."""
+        path ``output_of(index)`` returns (empty for None). Cells are copied by position, so
+        columns that share a name keep their own values; a short row is padded with empty cells."""
         fields = self.fieldnames + [self.OUTPUT_COLUMN] * (self.OUTPUT_COLUMN not in self.fieldnames)
+        at = fields.index(self.OUTPUT_COLUMN)
         target = Path(run_dir) / f"{self.csv_path.stem}_with_outputs.csv"
 
         def lines() -> Iterator[bytes]:
             text = io.StringIO()
-            writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
-            writer.writeheader()
+            writer = csv.writer(text, lineterminator="\n")
+            writer.writerow(fields)
             for index, row in enumerate(itertools.islice(self._rows(), self.limit)):
                 if index % self.num_shards == self.shard_index:
-                    writer.writerow({**row, self.OUTPUT_COLUMN: output_of(index) or ""})
+                    cells = (row + [""] * len(fields))[:len(fields)]
+                    cells[at] = output_of(index) or ""
+                    writer.writerow(cells)
                 if text.tell() > 1 << 16:
                     yield text.getvalue().encode()
                     text.seek(0)

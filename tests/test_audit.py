@@ -273,3 +273,35 @@ def test_a_csv_without_rows_is_refused(tmp_path):
     """Fix: as an empty folder, a CSV with a header only is a ConfigError (was 0 of 0, exit 0)."""
     with pytest.raises(ConfigError, match=r"^data\.path=\S+pairs\.csv: no rows below the header$"):
         csv_job(tmp_path, "image_path,note\n")
+
+
+def csv_outputs(tmp_path: Path) -> list[list[str]]:
+    import csv
+
+    with open(tmp_path / "run" / "pairs_with_outputs.csv", newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_a_blank_line_in_the_csv_does_not_shift_the_output_column(tmp_path):
+    """Fix: CsvSource.paths and write_outputs count rows alike (blank lines are not rows). Without
+    it the ids counted the blank line (a failed sample) while the output table (DictReader) skipped
+    it: the row of p1.png got the blank line's (failed, empty) output and the row of p2.png the
+    composite of p1.png."""
+    photos(tmp_path, 3)
+    summary = csv_job(tmp_path, "image_path,note\np0.png,a\n\np1.png,b\np2.png,c\n")
+    assert (summary["done"], summary["failed"]) == (3, 0)
+    from tests.conftest import read_samples
+    source_of = {r["image_id"]: Path(r["source"]).name for r in read_samples(tmp_path / "run")}
+    rows = csv_outputs(tmp_path)
+    assert rows[0] == ["image_path", "note", "output_image_path"]
+    for image, note, output in rows[1:]:
+        assert source_of[Path(output).name.split("_")[0]] == image, rows
+
+
+def test_csv_columns_that_share_a_name_keep_their_values(tmp_path):
+    """Fix: the output table copies cells by position. Without it (DictWriter) the last of two
+    columns named ``note`` overwrote the first in every row."""
+    csv_job(tmp_path, "image_path,note,note\np0.png,first,second\n")
+    rows = csv_outputs(tmp_path)
+    assert rows[0] == ["image_path", "note", "note", "output_image_path"]
+    assert rows[1][:3] == ["p0.png", "first", "second"] and rows[1][3].endswith("000000_output.png")
