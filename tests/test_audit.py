@@ -305,3 +305,20 @@ def test_csv_columns_that_share_a_name_keep_their_values(tmp_path):
     rows = csv_outputs(tmp_path)
     assert rows[0] == ["image_path", "note", "note", "output_image_path"]
     assert rows[1][:3] == ["p0.png", "first", "second"] and rows[1][3].endswith("000000_output.png")
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_in_a_real_job_is_one_line_130_and_says_so_in_metadata_json(tmp_path):
+    """End to end (both Ctrl-C fixes above): the gate is never opened, only the abort ends the job."""
+    import signal
+
+    from tests.conftest import read_summary
+    from tests.test_guarantees import start_gated_job
+
+    job = start_gated_job(tmp_path, count=2)
+    job.stop(signal.SIGINT)
+    job.send(signal.SIGINT)
+    out, err = job.communicate(timeout_s=60)
+    assert job.proc.returncode == 130, out + err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: interrupted by SIGINT"), err
+    assert read_summary(job.run_dir)["exit_code"] == 130
