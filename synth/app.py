@@ -175,6 +175,12 @@ class CheckOutputDir(Callback):
 
 def _exit_unless_creatable(path: str) -> None:
     try:
+        link = Path(path).absolute()  # its nearest part that is there, a broken link included
+        while not os.path.lexists(link) and link.parent != link:
+            link = link.parent
+        if link.is_symlink() and not link.exists():  # Hydra's makedirs would fail with a traceback
+            raise OutputError(f"cannot write to {Path(path).absolute()}: {link} is a symbolic link to "
+                              f"{os.readlink(link)}, which does not exist")
         check_creatable(Path(path))
     except OutputError as err:
         _exit_with(err)

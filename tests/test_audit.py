@@ -322,3 +322,21 @@ def test_a_second_ctrl_c_in_a_real_job_is_one_line_130_and_says_so_in_metadata_j
     assert job.proc.returncode == 130, out + err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: interrupted by SIGINT"), err
     assert read_summary(job.run_dir)["exit_code"] == 130
+
+
+# --- a run directory that is a broken symbolic link ----------------------------------------------
+def test_a_run_directory_that_is_a_broken_symlink_is_one_line_and_exit_3(tmp_path):
+    """Fix: app's output-directory check names a dangling symlink. Without it the check looked
+    past the link (it does not exist) and Hydra's makedirs raised FileExistsError: a traceback, exit 1."""
+    import subprocess
+    import sys
+
+    data = photos(tmp_path / "in", 1)
+    link = tmp_path / "run"
+    link.symlink_to(tmp_path / "gone" / "run")
+    for run_dir in (link, link / "sub"):
+        proc = subprocess.run([sys.executable, "-m", "synth", f"hydra.run.dir={run_dir}", "data=folder",
+                               f"data.path={data}", "logger=none"], capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 3, proc.stderr
+        assert proc.stderr.strip().splitlines() == [f"error: cannot write to {run_dir}: {link} is a symbolic link "
+                                                    f"to {tmp_path / 'gone' / 'run'}, which does not exist"], proc.stderr
