@@ -61,6 +61,11 @@ class ImageFolder:
         if shard_index >= num_shards:
             raise ConfigError(f"data.shard_index={shard_index}: must be in [0, {num_shards - 1}] for data.num_shards={num_shards}")
         limit = setting("data.limit", limit, 0, integer=True, optional=True)
+        if isinstance(extensions, str):  # data.extensions=.png: that one extension, not its characters
+            extensions = [extensions]
+        if not isinstance(extensions, (list, tuple)) or not all(isinstance(e, str) and e for e in extensions):
+            raise ConfigError(f"data.extensions={extensions}: a list of file extensions, e.g. "
+                              f"data.extensions=[.jpg,.png]")
         self.extensions = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
         self.recursive, self.num_shards, self.shard_index, self.limit = recursive, num_shards, shard_index, limit
         self.limits = Limits(min_side=min_side, max_side=max_side, max_pixels=max_pixels,  # validates

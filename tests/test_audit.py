@@ -340,3 +340,15 @@ def test_a_run_directory_that_is_a_broken_symlink_is_one_line_and_exit_3(tmp_pat
         assert proc.returncode == 3, proc.stderr
         assert proc.stderr.strip().splitlines() == [f"error: cannot write to {run_dir}: {link} is a symbolic link "
                                                     f"to {tmp_path / 'gone' / 'run'}, which does not exist"], proc.stderr
+
+
+# --- data.extensions given as one string ---------------------------------------------------------
+def test_data_extensions_as_one_string_is_that_one_extension(tmp_path):
+    """Fix: ImageFolder takes ``data.extensions=.png`` as ``[.png]`` and refuses a non-list in one
+    line. Without it the string was iterated as the extensions ".", ".p", ".n", ".g": no image
+    listed (0 of 0, exit 0), and ``data.extensions=null`` was "'NoneType' object is not iterable"."""
+    data = photos(tmp_path / "in", 2)
+    summary = run_job(data, tmp_path / "run", "data.extensions=.png")
+    assert summary["total"] == 2
+    with pytest.raises(ConfigError, match=r"^data\.extensions=None: a list of file extensions, e\.g\. "):
+        run_job(data, tmp_path / "run2", "data.extensions=null")
