@@ -71,10 +71,17 @@ def build_runner(cfg: DictConfig, run_dir: Path) -> Runner:
         num_workers=cfg.num_workers,
         workers=cfg.get("workers", "auto"),
         device=cfg.device,
-        resume=cfg.resume,
+        resume=switch("resume", cfg.resume),
         progress_every_s=cfg.get("progress_every_s", 30),
         max_failure_rate=cfg.get("max_failure_rate", 0.1),
     )
+
+
+def switch(key: str, value: Any) -> bool:
+    """A true/false setting: ``resume=no`` is a string for Hydra, and would count as true."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value}: true or false")
+    return value
 
 
 def skip_mask_folders(source: Any, stages: list[Any]) -> None:

@@ -61,6 +61,8 @@ class ImageFolder:
         if shard_index >= num_shards:
             raise ConfigError(f"data.shard_index={shard_index}: must be in [0, {num_shards - 1}] for data.num_shards={num_shards}")
         limit = setting("data.limit", limit, 0, integer=True, optional=True)
+        if not isinstance(recursive, bool):  # data.recursive=no is a string for Hydra: it would count as true
+            raise ConfigError(f"data.recursive={recursive}: true or false")
         if isinstance(extensions, str):  # data.extensions=.png: that one extension, not its characters
             extensions = [extensions]
         if not isinstance(extensions, (list, tuple)) or not all(isinstance(e, str) and e for e in extensions):

@@ -352,3 +352,24 @@ def test_data_extensions_as_one_string_is_that_one_extension(tmp_path):
     assert summary["total"] == 2
     with pytest.raises(ConfigError, match=r"^data\.extensions=None: a list of file extensions, e\.g\. "):
         run_job(data, tmp_path / "run2", "data.extensions=null")
+
+
+# --- switches that are not true or false ---------------------------------------------------------
+@pytest.mark.parametrize("override, message", [
+    ("resume=no", r"^resume=no: true or false"),
+    ("data.recursive=maybe", r"^data\.recursive=maybe: true or false"),
+    ("writer.intermediates=maybe", r"^writer\.intermediates=maybe: true or false"),
+    ("writers=[webdataset]", None),
+])
+def test_a_switch_that_is_not_true_or_false_is_refused(tmp_path, override, message):
+    """Fix: resume, data.recursive and writer(s).intermediates must be booleans. Without it
+    ``resume=no`` (a string for Hydra) counted as true: the job resumed, keeping every earlier
+    sample, where the user asked to start over; ``maybe`` was taken as true everywhere."""
+    data = photos(tmp_path / "in", 1)
+    if message is None:  # the webdataset writer's own switch, under its own key
+        override, message = "writers.webdataset.intermediates=no", r"^writers\.webdataset\.intermediates=no: true"
+        with pytest.raises(ConfigError, match=message):
+            run_job(data, tmp_path / "run", "writers=[webdataset]", override)
+        return
+    with pytest.raises(ConfigError, match=message):
+        run_job(data, tmp_path / "run", override)
