@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -115,6 +116,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 @hydra.main(version_base="1.3", config_path="pkg://synth.conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    _drop_console_logs_once_stdout_is_gone()
     try:
         runner = build_runner(cfg, run_dir)
         summary = runner.run(config=OmegaConf.to_container(cfg, resolve=True))
@@ -135,10 +137,33 @@ def _print_summary(text: str) -> None:
     try:
         print(text, flush=True)
     except (OSError, ValueError):
-        try:  # the exit-time flush of what is still buffered would fail again
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
+        _stdout_to_devnull()
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout's descriptor at /dev/null: what is still buffered, and the exit-time flush,
+    would fail again on a closed stdout or a gone reader."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
+def _drop_console_logs_once_stdout_is_gone() -> None:
+    """Hydra's console handler logs to stdout: once that is closed or its reader has gone
+    (``synth ... | head -1``), its lines are dropped, not each reported with a traceback on stderr
+    (the log file keeps them)."""
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler and handler.stream is sys.stdout:
+            handler.handleError = functools.partial(_unless_stdout_is_gone, handler.handleError)
+
+
+def _unless_stdout_is_gone(handle_error: Callable[[logging.LogRecord], None], record: logging.LogRecord) -> None:
+    err = sys.exc_info()[1]
+    if isinstance(err, BrokenPipeError) or (isinstance(err, ValueError) and sys.stdout.closed):
+        _stdout_to_devnull()
+    else:  # e.g. a log call with the wrong arguments: reported as logging always does
+        handle_error(record)
 
 
 def group_options(group: str) -> list[str]:

@@ -291,6 +291,20 @@ def test_a_logger_that_fails_to_start_still_gets_a_summary_and_finish(tmp_path):
     assert (summary["exit_code"], summary["done"]) == (1, 0)
 
 
+def test_a_reader_that_goes_away_costs_the_console_log_lines_not_a_traceback_each(tmp_path):
+    """``synth ... | head -1``: stdout's reader is gone before the job logs anything. The job still
+    ends 0 with its dataset, the log file keeps every line, and stderr has no logging tracebacks."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "synth", f"hydra.run.dir={run_dir}", "logger=none", "data.limit=2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    proc.stdout.close()  # the reader goes away at once
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 0, stderr
+    assert "Logging error" not in stderr and "BrokenPipeError" not in stderr, stderr
+    assert read_summary(run_dir)["done"] == 2
+    assert "samples to process" in (run_dir / "app.log").read_text()  # Hydra names it after the task
+
+
 # --- signals -------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_sigterm_stops_cleanly_and_a_rerun_resumes(tmp_path):
