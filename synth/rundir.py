@@ -74,18 +74,32 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            self._create()
         except FileExistsError:
             self._take_over_if_stale()
         except OSError as err:
             raise as_output_error(err) from err
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(self.mine)
         self.held = True
         self._beat = threading.Thread(target=self._heartbeat, name="synth-lock", daemon=True)
         self._beat.start()
         return self
+
+    def _create(self) -> None:
+        """Create the lock with our pid in it in one step (FileExistsError if there is one): written
+        to a temporary file, then hard-linked into place. Created empty and then written, it could
+        be seen empty, which counts as stale, by a job starting at the same moment."""
+        tmp = self.path.with_name(f".{LOCK_FILE}.{os.getpid()}.new")
+        tmp.write_text(self.mine)
+        try:
+            os.link(tmp, self.path)
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: exclusive create, then write
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.mine)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.HEARTBEAT_S):
@@ -95,6 +109,9 @@ class RunLock:
                 pass
 
     def _take_over_if_stale(self) -> None:
+        if not self.path.is_file() or self.path.is_symlink():
+            raise OutputError(f"{printable(str(self.path))}: not a lock file that synth wrote (a directory or "
+                              f"a link?); remove it if no job runs in {printable(str(self.path.parent))}")
         try:
             owner = json.loads(self.path.read_text() or "{}")
             pid, host = int(owner["pid"]), str(owner["host"])

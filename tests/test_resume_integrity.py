@@ -218,6 +218,48 @@ def test_a_lock_from_another_host_is_stale_only_once_its_heartbeat_stops(tmp_pat
     assert not lock.exists()
 
 
+_SEEN_LOCKS: list[bytes] = []  # what synth.lock held at each file-system call, while a test watches
+_WATCHED: list[Path] = []
+
+
+def _watch_lock(event: str, args: tuple) -> None:
+    if _WATCHED and event in ("open", "os.link", "os.remove", "os.rename", "os.replace"):
+        path = _WATCHED.pop()  # while it reads, its own "open" is not watched
+        try:
+            _SEEN_LOCKS.append(path.read_bytes())
+        except FileNotFoundError:
+            pass
+        finally:
+            _WATCHED.append(path)
+
+
+sys.addaudithook(_watch_lock)  # audit hooks cannot be removed: inert unless _WATCHED is set
+
+
+def test_a_lock_is_never_seen_empty_while_it_is_created(tmp_path):
+    """An empty lock counts as stale (a torn write): a job starting at the same moment would take
+    it over, and two jobs would write in one run directory. So the lock appears with its content."""
+    from synth.rundir import RunLock
+
+    _SEEN_LOCKS.clear()
+    _WATCHED.append(tmp_path / "synth.lock")
+    try:
+        lock = RunLock(tmp_path).acquire()
+    finally:
+        _WATCHED.clear()
+    assert _SEEN_LOCKS and all(json.loads(seen)["pid"] == os.getpid() for seen in _SEEN_LOCKS), _SEEN_LOCKS
+    lock.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary file left either
+
+
+def test_a_lock_that_is_a_directory_is_one_line(tmp_path):
+    from synth.rundir import RunLock
+
+    (tmp_path / "synth.lock").mkdir()
+    with pytest.raises(OutputError, match=r"synth.lock: not a lock file that synth wrote .*; remove it if no job runs"):
+        RunLock(tmp_path).acquire()
+
+
 # --- item 18: a stopped job's shards split as an uninterrupted job's --------------------------------
 def shard_contents(run_dir: Path) -> tuple[list[list[str]], list[list[str]]]:
     tars = []
