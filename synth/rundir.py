@@ -299,6 +299,10 @@ def check_manifest(path: Path, entries: Callable[[], Iterable[tuple[int, str, st
             first_new = first_new or sid
             continue
         was = tuple(prev[1:5]) if isinstance(prev, list) and len(prev) == 5 else (None,) * 4
+        if isinstance(was[0], str) and len(was[0]) != len(sid) and was[0].lstrip("0") == sid.lstrip("0"):
+            raise InputsChanged(f"data.path: the inputs grew to {total:,}, which makes every id {len(sid)} digits long "
+                                f"(this run directory's {path.name} has ids of {len(was[0])}): its samples would "
+                                f"be found under no id; rerun into a new hydra.run.dir")
         if was[:2] != (sid, source):
             raise InputsChanged(f"data.path: the inputs changed since this run directory's first run "
                                 f"({path.name}): id {sid} was {printable(str(was[1]))}, now {printable(source)}; "

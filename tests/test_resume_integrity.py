@@ -58,6 +58,18 @@ def test_inputs_added_after_the_last_one_get_new_ids(tmp_path):
         ("000000", "a.png"), ("000001", "b.png"), ("000002", "c.png")]
 
 
+def test_inputs_grown_past_a_million_say_that_every_id_got_longer(tmp_path):
+    """Ids are zero-padded to the width of the largest: past 1,000,000 inputs each gains a digit,
+    so none of the earlier samples would be found; the refusal says why, not "id X was Y"."""
+    from synth.rundir import check_manifest
+
+    manifest = tmp_path / "manifest.jsonl"
+    check_manifest(manifest, lambda: [(0, "000000", "a.png", 1, 1), (1, "000001", "b.png", 1, 1)], 2)
+    grown = [(0, "0000000", "a.png", 1, 1), (1, "0000001", "b.png", 1, 1), (2, "0000002", "c.png", 1, 1)]
+    with pytest.raises(ConfigError, match=r"inputs grew to 1,000,001, which makes every id 7 digits long .*has ids of 6"):
+        check_manifest(manifest, lambda: grown, 1_000_001)
+
+
 def test_a_changed_input_file_is_refused_through_the_cli_with_exit_2(tmp_path):
     data, run_dir = photos(tmp_path / "in", "a.png", "b.png"), tmp_path / "run"
     run_synth(run_dir, "data=folder", f"data.path={data}", "num_workers=1")
