@@ -119,6 +119,12 @@ class ImageFolder:
     def item(self, index: int) -> Item:
         return Item(index, self.id_of(index), str(self.root / self.paths[index]))
 
+    def made_from(self, index: int, recorded: Any) -> bool:
+        """Whether ``recorded``, the ``source`` an earlier run wrote for id ``index``, is this
+        listing's input ``index``: the path as listed, under any spelling of data.path."""
+        listed = str(Path(self.paths[index]))
+        return isinstance(recorded, str) and (recorded == listed or recorded.endswith(os.sep + listed))
+
     def items(self) -> Iterator[Item]:
         """This shard's items, in order, built one at a time."""
         return (self.item(i) for i in self.indices())

@@ -157,20 +157,22 @@ class Runner:
         with pool:
             checked = ordered_map(pool, check, jsonl_blocks(self.samples_path, _RESUME_BLOCK_BYTES), 4 * workers)
             for results in _resume_results(checked):
-                for offset, index, image_id, ok in results:
+                for offset, index, image_id, made_from, ok in results:
                     if ok is None:
                         unreadable.add(offset)
                     elif not (isinstance(index, int) and 0 <= index < total and index in shard):
                         continue  # not this listing's (inputs gone at the end): left alone
-                    elif ok and not self._recorded[index] and image_id == self.source.id_of(index):
+                    elif ok and not self._recorded[index] and image_id == self.source.id_of(index) \
+                            and self.source.made_from(index, made_from):  # (no manifest pinned the inputs)
                         self._recorded[index] = 1
                         for has, _ in checkers:
                             has[index] = 1
                     else:
                         dropped.add(offset)
         if dropped:  # rewritten only then: a clean resume reads samples.jsonl once and writes nothing
-            log.warning("resume: %d records in %s are incomplete on disk (a file missing or changed) or "
-                        "repeated: those samples are redone", len(dropped), self.samples_path.name)
+            log.warning("resume: %d records in %s are incomplete on disk (a file missing or changed), "
+                        "repeated or of another input: those samples are redone", len(dropped),
+                        self.samples_path.name)
             drop_jsonl_lines(self.samples_path, dropped | unreadable)
 
     def _resume_pool(self) -> tuple[int, Executor]:
@@ -408,14 +410,15 @@ def _resume_results(checked: Iterator[Any]) -> Iterator[Any]:
                          "memory?); lower num_workers or use workers=threads") from None
 
 
-def _check_records(writers: Sequence[Any], path: Path, block: tuple[int, int]) -> list[tuple[int, Any, Any, Any]]:
+def _check_records(writers: Sequence[Any], path: Path, block: tuple[int, int]) -> list[tuple[int, Any, Any, Any, Any]]:
     """Resume's check of one block of samples.jsonl (``jsonl_blocks``), in a worker thread or
-    process: per line ``(offset, index, image_id, complete)``, complete None where the line is not
-    a JSON object."""
-    out: list[tuple[int, Any, Any, Any]] = []
+    process: per line ``(offset, index, image_id, source, complete)``, complete None where the
+    line is not a JSON object."""
+    out: list[tuple[int, Any, Any, Any, Any]] = []
     for offset, record in read_jsonl_block(path, *block):
         if record is None:
-            out.append((offset, None, None, None))
+            out.append((offset, None, None, None, None))
         else:
-            out.append((offset, record.get("index"), record.get("image_id"), all(w.has(record) for w in writers)))
+            out.append((offset, record.get("index"), record.get("image_id"), record.get("source"),
+                        all(w.has(record) for w in writers)))
     return out

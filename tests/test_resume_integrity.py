@@ -58,6 +58,28 @@ def test_inputs_added_after_the_last_one_get_new_ids(tmp_path):
         ("000000", "a.png"), ("000001", "b.png"), ("000002", "c.png")]
 
 
+def test_without_its_manifest_a_record_of_another_input_is_redone(tmp_path):
+    """manifest.jsonl deleted, then a photo inserted before the others: nothing pins the ids, so
+    the records say which input each sample was made from, and those that moved are redone."""
+    data, run_dir = photos(tmp_path / "in", "b.png", "c.png"), tmp_path / "run"
+    run_job(data, run_dir)
+    (run_dir / "manifest.jsonl").unlink()
+    photo(data / "a.png", seed=9)  # sorts first: b.png is now id 000001, c.png 000002
+    summary = run_job(data, run_dir)
+    assert (summary["done"], summary["skipped_complete"]) == (3, 0)
+    records = read_samples(run_dir)
+    assert sorted((r["image_id"], Path(r["source"]).name) for r in records) == [
+        ("000000", "a.png"), ("000001", "b.png"), ("000002", "c.png")]
+
+
+def test_the_same_inputs_under_another_spelling_of_data_path_resume(tmp_path, monkeypatch):
+    data, run_dir = photos(tmp_path / "in", "a.png", "b.png"), tmp_path / "run"
+    run_job(data, run_dir)
+    monkeypatch.chdir(tmp_path)
+    summary = run_job(Path("in"), run_dir)  # relative now
+    assert (summary["done"], summary["skipped_complete"]) == (0, 2)
+
+
 def test_inputs_grown_past_a_million_say_that_every_id_got_longer(tmp_path):
     """Ids are zero-padded to the width of the largest: past 1,000,000 inputs each gains a digit,
     so none of the earlier samples would be found; the refusal says why, not "id X was Y"."""

@@ -124,20 +124,18 @@ class ShardedWriter:
         samples would count as this job's. Compared: the path as listed (relative to data.path, or
         as the CSV writes it) against the end of the recorded source, so that the same inputs under
         another data.path spelling still match."""
-        paths = getattr(source, "paths", None)
-        if paths is None:
+        if not hasattr(source, "made_from"):
             return
         for sample_id, recorded in found.items():
-            if recorded is None or not sample_id.isdigit() or int(sample_id) >= len(paths):
+            if recorded is None or not sample_id.isdigit() or int(sample_id) >= source.total:
                 continue
             index = int(sample_id)
             if source.id_of(index) != sample_id:
                 continue  # another listing's id width: not one of this job's ids
-            listed, recorded = printable(str(Path(paths[index]))), printable(recorded)
-            if recorded != listed and not recorded.endswith("/" + listed):
-                raise ConfigError(f"{printable(str(shard))}: sample {sample_id} was made from {recorded}, but "
-                                  f"this job's {sample_id} is {listed}: this folder holds another job's dataset; "
-                                  f"use another writer.path (writers.NAME.path)")
+            if not source.made_from(index, recorded):
+                raise ConfigError(f"{printable(str(shard))}: sample {sample_id} was made from {printable(recorded)}, "
+                                  f"but this job's {sample_id} is {printable(source.paths[index])}: this folder "
+                                  f"holds another job's dataset; use another writer.path (writers.NAME.path)")
 
     def _own_shards(self) -> dict[int, Path]:
         """This job's complete shards by sequence number."""
