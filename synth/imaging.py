@@ -125,6 +125,16 @@ def with_alpha(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return rgba
 
 
+def cut_out(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The stage-1 background: ``image`` with the subject cut out, image x (1 - mask), rounded.
+    Only written and logged, never read by a stage, so it is made then: a sample in flight does
+    not carry it, nor does it cross from a model lane back to a worker process."""
+    background = image.astype(np.float32)  # in place from here: no more temporaries
+    background *= (1.0 - mask)[..., None]
+    background += 0.5
+    return background.astype(np.uint8)
+
+
 PNG_ENCODERS = ("auto", "fpng", "cv2")
 
 

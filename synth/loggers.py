@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from synth.errors import ConfigError
-from synth.imaging import check_png_encoder, encode, linear_to_srgb, shrink, to_uint8, with_alpha
+from synth.imaging import check_png_encoder, cut_out, encode, linear_to_srgb, shrink, to_uint8, with_alpha
 from synth.params import setting
 from synth.sample import Sample
 
@@ -233,7 +233,8 @@ class WandbLogger(NullLogger):
         else:
             put("stage_1/input", image)
         put("stage_1/foreground", layer(sample.foreground))
-        put("stage_1/background", None if sample.background is None else self._fit(sample.background))
+        put("stage_1/background", None if small_mask is None or sample.image is None
+            else cut_out(self._fit(sample.image), small_mask))
         put("stage_2/albedo", layer(sample.albedo))
         for name in ("shading", "residual"):  # stage 2's decomposition (linear light), when it has one
             values = getattr(sample, name)

@@ -17,8 +17,9 @@ class Sample:
 
     Images are HxWx3 uint8 sRGB; ``mask`` and ``shadow_matte`` are HxW float32 in [0, 1].
     ``foreground``, ``albedo`` and ``degraded`` are full-frame layers: they are meaningful where
-    ``mask`` > 0 and the writer stores them with the mask as alpha. ``background`` is the input
-    with the subject cut out (kept for the reference layout; compositing uses ``image``).
+    ``mask`` > 0 and the writer stores them with the mask as alpha. The stage-1 background (the
+    input with the subject cut out, kept for the reference layout; compositing uses ``image``) is
+    made from ``image`` and ``mask`` when written: see :func:`synth.imaging.cut_out`.
     """
 
     index: int  # position in the sorted, global source list
@@ -29,7 +30,6 @@ class Sample:
     alpha: np.ndarray | None = None  # HxW uint8 alpha of the input file, if it has one (segmentation=alpha)
     mask: np.ndarray | None = None
     foreground: np.ndarray | None = None
-    background: np.ndarray | None = None
     albedo: np.ndarray | None = None
     # Stage 2's decomposition when it has one (albedo=marigold, lighting model): HxWx3 float32
     # linear light with linear(image) = linear(albedo) x shading + residual on the subject.

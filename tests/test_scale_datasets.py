@@ -172,7 +172,7 @@ def test_each_image_is_encoded_once_for_all_writers(tmp_path, monkeypatch):
 
     sample = make_sample(size=64)
     sample.mask = sample.shadow_matte = soft_disc_mask(64, 64)
-    sample.foreground = sample.background = sample.albedo = sample.degraded = sample.composite = sample.image
+    sample.foreground = sample.albedo = sample.degraded = sample.composite = sample.image
     sample.caption = "remove the shadow"
     calls = []
     real_encode = encoded_module.encode

@@ -44,14 +44,11 @@ def set_subject_mask(sample: Sample, mask: np.ndarray, what: str) -> None:
 
 
 def set_mask(sample: Sample, mask: np.ndarray) -> None:
-    """Store a soft mask and derive the stage-1 layers from it."""
-    mask = np.clip(mask.astype(np.float32, copy=False), 0.0, 1.0)
-    sample.mask = mask
-    sample.foreground = sample.image  # full-frame layer; written with the mask as alpha
-    background = sample.image.astype(np.float32)  # image * (1 - mask), rounded; in place
-    background *= (1.0 - mask)[..., None]
-    background += 0.5
-    sample.background = background.astype(np.uint8)
+    """Store a soft mask and the stage-1 foreground (the image: written with the mask as alpha).
+    The stage-1 background is made from them when it is written (:func:`synth.imaging.cut_out`)."""
+    sample.mask = np.clip(mask.astype(np.float32, copy=False), 0.0, 1.0)
+    sample.foreground = sample.image
+
 
 
 class GrabCut(Stage):
@@ -65,7 +62,7 @@ class GrabCut(Stage):
     """
 
     name = "segmentation"
-    provides = ("mask", "foreground", "background")
+    provides = ("mask", "foreground")
 
     def __init__(self, margin: float = 0.08, iterations: int = 3, work_size: int = 320,
                  feather: float = 0.004):
@@ -124,7 +121,7 @@ class MaskFolder(Stage):
     """
 
     name = "segmentation"
-    provides = ("mask", "foreground", "background")
+    provides = ("mask", "foreground")
 
     def __init__(self, path: str | None = None, suffix: str = ".png", max_pixels: int | None = 100_000_000):
         if not path:
@@ -197,7 +194,7 @@ class AlphaMask(Stage):
     """
 
     name = "segmentation"
-    provides = ("mask", "foreground", "background")
+    provides = ("mask", "foreground")
 
     def process_sample(self, sample: Sample) -> None:
         alpha = sample.alpha

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from synth.imaging import encode, linear_to_srgb, to_uint8, with_alpha
+from synth.imaging import cut_out, encode, linear_to_srgb, to_uint8, with_alpha
 from synth.sample import Sample
 
 
@@ -27,7 +27,7 @@ LAYERS: dict[str, Callable[[Sample, np.ndarray | None], np.ndarray | None]] = {
     "original": lambda s, alpha: s.image,
     "mask": lambda s, alpha: alpha,
     "foreground": lambda s, alpha: _layered(s.foreground, alpha),
-    "background": lambda s, alpha: s.background,
+    "background": lambda s, alpha: None if s.image is None or s.mask is None else cut_out(s.image, s.mask),
     "albedo": lambda s, alpha: _layered(s.albedo, alpha),
     # stage 2's decomposition (linear light) as sRGB: 1 = white = the albedo unchanged; clipped at 1
     "shading": lambda s, alpha: _layered(None if s.shading is None else linear_to_srgb(s.shading), alpha),

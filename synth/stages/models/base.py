@@ -180,7 +180,7 @@ class ModelSegmentation(ModelStage):
     names another segmentation option to use for it instead."""
 
     name = "segmentation"
-    provides = ("mask", "foreground", "background")
+    provides = ("mask", "foreground")
     method = ""
 
     def __init__(self, fallback: Any = None, feather: float = 0.002, **kwargs: Any):
