@@ -285,6 +285,15 @@ def _with_images(sample: Sample, keep: Iterable[str]) -> Sample:
     return replace(sample, **{name: None for name in IMAGE_FIELDS if name not in keep})
 
 
+def _device_copy(sample: Sample, reads: Iterable[str], lent: dict[str, Any]) -> tuple[Sample, tuple[str, ...]]:
+    """The copy of ``sample`` a device segment gets: the images it ``reads``, less those the main
+    process still holds, unchanged, from the sample's previous device copy (``lent``: the same
+    arrays; a stage never changes an image in place that it did not make), named in ``kept``.
+    So BLIP does not get the photo again after SAM 3 had it."""
+    kept = tuple(name for name in reads if name in lent and getattr(sample, name) is lent[name])
+    return _with_images(sample, [name for name in reads if name not in kept]), kept
+
+
 def _merge(sample: Sample, update: tuple[Sample, dict[str, str]]) -> Sample:
     """``sample`` (held by a worker process) with what a device segment did to its copy: every small
     field, the images the copy carries (those it changed), and the fields it set to one of the
@@ -323,29 +332,34 @@ def _worker_main(connection: Any, segments: dict[int, list[Stage]], last: int, l
     root = logging.getLogger()
     root.handlers = [logging.handlers.QueueHandler(log_queue)]
     root.setLevel(log_level)
-    held: dict[int, Sample] = {}  # position -> sample, between its segments
+    held: dict[int, tuple[Sample, dict[str, Any]]] = {}  # position -> (sample, its images the main process holds)
     connection.send(None)  # ready
     while True:
         try:
             step, position, payload = connection.recv()
         except (EOFError, OSError):
             return
+        lent: dict[str, Any] = {}
         if step == 0:
             slot = _Slot(position, payload)
         else:
-            slot = _Slot(position, None, sample=_merge(held.pop(position), payload))
+            sample, lent = held.pop(position)
+            slot = _Slot(position, None, sample=_merge(sample, payload))
         result = error = None
+        kept: tuple[str, ...] = ()
         try:
             result = run_segment(slot, segments[step], step == last, load, write)
         except Exception as err:  # noqa: BLE001 - raised again in the main process
             error = _crossable(err)
         sample = slot.sample
         if sample is not None and step < last:
-            held[position] = sample
-            sample = _with_images(sample, reads[step + 1])
+            copy, kept = _device_copy(sample, reads[step + 1], lent)
+            held[position] = (sample, {name: getattr(sample, name) for name in reads[step + 1]
+                                       if getattr(sample, name) is not None})
+            sample = copy
         elif sample is not None and not keep_images(sample.index):
             sample = _with_images(sample, ())  # written already
-        connection.send((sample, slot.written, result, error))
+        connection.send((sample, kept, slot.written, result, error))
 
 
 class _ToLoggers:
@@ -428,10 +442,12 @@ class ProcessWorkers:
             payload = (replace(slot.sample, **{name: None for name in same_as}), same_as)
         try:
             self._connections[worker].send((step, slot.position, payload))
-            sample, written, result, error = self._connections[worker].recv()
+            sample, kept, written, result, error = self._connections[worker].recv()
         except (EOFError, OSError):  # the process died: stop with one line, the rerun resumes
             raise WorkerLost("a worker process died (killed by the system: out of memory?); lower num_workers "
                              "or use workers=threads, then rerun the same command to resume") from None
+        for name in kept:  # not sent again: this process has it from the sample's previous device segment
+            setattr(sample, name, slot.arrived[name])
         slot.sample, slot.written = sample, written
         slot.arrived = {name: getattr(sample, name) for name in IMAGE_FIELDS
                         if sample is not None and getattr(sample, name) is not None}

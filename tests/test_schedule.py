@@ -362,6 +362,41 @@ def test_worker_processes_send_a_device_stage_only_the_images_it_reads_and_keep_
         assert sample.image is None and sample.albedo is None  # written: the images stayed in the worker
 
 
+class RemembersTheImage(Stage):
+    """A device stage (in the main process): keeps the image object it was given, by index."""
+
+    batched_on_device = True
+
+    def __init__(self, name: str):
+        self.name, self.seen = name, {}
+
+    def process(self, batch: list[Sample]) -> None:
+        for sample in batch:
+            self.seen[sample.index] = sample.image
+
+
+class ReplacesOddImages(Stage):
+    name = "albedo"
+
+    def process_sample(self, sample: Sample) -> None:
+        if sample.index % 2:
+            sample.image = sample.image + 1  # a new array: the main process's copy is stale
+
+
+def test_a_second_device_segment_gets_the_photo_the_main_process_holds_unless_it_changed():
+    """SAM 3, then CPU stages in the worker, then BLIP: both read the photo, which crosses to the
+    main process once; an image a CPU stage replaced in between crosses again."""
+    first, second = RemembersTheImage("segmentation"), RemembersTheImage("captioning")
+    with Pipeline([first, ReplacesOddImages(), second], load_with_image, record_of,
+                  batch_size=2, num_workers=2, workers="processes") as pipeline:
+        assert all(future.result() for _, future in pipeline.run(range(6)))
+    for index in range(6):
+        if index % 2:
+            assert second.seen[index] is not first.seen[index] and (second.seen[index] == 1).all()
+        else:
+            assert second.seen[index] is first.seen[index]  # not sent again
+
+
 def test_processes_with_alternating_device_segments_give_the_bytes_of_threads(tmp_path):
     """Every weight-free stage's ``reads`` is complete: scheduled as a device stage between CPU
     segments in worker processes, it gives the same outputs as with threads."""
