@@ -36,6 +36,8 @@ import itertools
 import logging
 import logging.handlers
 import multiprocessing
+import multiprocessing.forkserver
+import multiprocessing.resource_tracker
 import os
 import pickle
 import signal
@@ -380,20 +382,17 @@ def start_process_server() -> Any:
     context = multiprocessing.get_context(method)
     if method == "forkserver":
         context.set_forkserver_preload(sorted(m for m in sys.modules if m.split(".")[0] == "synth"))
-        if threading.current_thread() is not threading.main_thread():
-            multiprocessing.forkserver.ensure_running()
-            return context
-        # The server starts with SIGINT and SIGTERM ignored, and so does every worker forked from
-        # it (Python leaves an inherited ignored SIGINT alone): a Ctrl-C to the process group while
-        # a worker starts must not kill it. Blocked meanwhile, so that one sent to this process
-        # waits for its own handler (Linux keeps a blocked signal pending though it is ignored).
+        # The server, and every worker forked from it, starts with SIGINT and SIGTERM blocked (a
+        # thread's signal mask passes through fork and exec): a Ctrl-C to the process group while
+        # a worker starts must not kill it, and once running it ignores both (_worker_main).
+        # Blocked in the starting thread only, never ignored by this process: a Ctrl-C to the job
+        # meanwhile is still its own handler's (taken by another thread, or pending here).
+        # multiprocessing's resource tracker is started first: starting it unblocks both.
+        multiprocessing.resource_tracker.ensure_running()
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
         try:
             multiprocessing.forkserver.ensure_running()
         finally:
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     return context
 

@@ -362,10 +362,9 @@ def test_the_jobs_handlers_and_signal_mask_are_restored_after_a_first_server_sta
     assert result["handlers"] == [True, True] and result["blocked"] == []
 
 
-@pytest.mark.xfail(strict=True, reason="schedule bug: multiprocessing's resource_tracker.ensure_running (called by "
-                   "forkserver.ensure_running) unblocks SIGINT/SIGTERM inside start_process_server's blocked "
-                   "section, so a Ctrl-C during a first server start arrives while ignored and is lost")
 def test_a_ctrl_c_during_the_first_server_start_is_not_lost():
+    """multiprocessing's resource tracker unblocks SIGINT/SIGTERM as it starts (forkserver starts it
+    first): start_process_server starts it before blocking, so a Ctrl-C meanwhile still waits."""
     assert run_python(SERVER_START.format(tracker_first=False))["got"] == [int(signal.SIGINT)]
 
 
