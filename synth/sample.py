@@ -61,3 +61,14 @@ class Sample:
 
 # The fields that hold images (every ``np.ndarray`` field): what need not travel once written.
 IMAGE_FIELDS = tuple(f.name for f in fields(Sample) if str(f.type).startswith("np.ndarray"))
+
+
+def freeze_images(sample: Sample) -> None:
+    """Make the sample's images read-only. A stage makes new images and never changes one in
+    place: with worker processes the other process's copy would not see the change (the scheduler
+    sends an image on only when it is a new array). So one that tries fails its sample with
+    "assignment destination is read-only", whatever ``workers`` says."""
+    for name in IMAGE_FIELDS:
+        image = getattr(sample, name)
+        if image is not None:
+            image.flags.writeable = False

@@ -52,7 +52,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from synth.errors import ConfigError, WorkerLost
 from synth.params import setting
-from synth.sample import IMAGE_FIELDS, Sample
+from synth.sample import IMAGE_FIELDS, Sample, freeze_images
 from synth.stages.base import Stage
 
 
@@ -126,6 +126,7 @@ def run_stage(stage: Stage, batch: list[Sample]) -> None:
     per_sample = 1000.0 * (time.perf_counter() - start) / len(live)
     for sample in live:
         sample.timings_ms[stage.name] = per_sample
+        freeze_images(sample)
 
 
 @dataclass
@@ -271,6 +272,7 @@ def run_segment(slot: _Slot, stages: Sequence[Stage], last: bool, load: Callable
     when the sample has none yet, the stages, and ``write`` after the last segment."""
     if slot.sample is None:
         slot.sample = load(slot.item)
+        freeze_images(slot.sample)
     for stage in stages:
         run_stage(stage, [slot.sample])
     if last and slot.sample.ok:
@@ -347,6 +349,7 @@ def _worker_main(connection: Any, segments: dict[int, list[Stage]], last: int, l
         else:
             sample, lent = held.pop(position)
             slot = _Slot(position, None, sample=_merge(sample, payload))
+            freeze_images(slot.sample)  # what came from the device segment too
         result = error = None
         kept: tuple[str, ...] = ()
         try:
@@ -447,6 +450,8 @@ class ProcessWorkers:
                              "or use workers=threads, then rerun the same command to resume") from None
         for name in kept:  # not sent again: this process has it from the sample's previous device segment
             setattr(sample, name, slot.arrived[name])
+        if sample is not None:
+            freeze_images(sample)
         slot.sample, slot.written = sample, written
         slot.arrived = {name: getattr(sample, name) for name in IMAGE_FIELDS
                         if sample is not None and getattr(sample, name) is not None}

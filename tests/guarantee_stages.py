@@ -75,6 +75,9 @@ def tests_on_path() -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)}
 
 
+tests_on_path.__test__ = False  # a helper, though test modules import it under a test-like name
+
+
 def wait_for(condition: Callable[[], object], what: str, proc: subprocess.Popen | None = None,
              timeout_s: float = 120) -> None:
     """Poll ``condition`` until it holds; fail naming ``what`` if ``proc`` ends first or after

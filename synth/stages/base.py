@@ -11,7 +11,9 @@ class Stage:
     Subclasses set ``name`` (their config group, also the key of their sampled parameters and
     timings), ``requires`` (Sample fields an earlier stage must provide) and ``provides``.
     They override ``process_sample`` or, to batch a model, ``process``. Stages never write
-    files and never log: the runner hands finished samples to writers and the logger.
+    files and never log: the runner hands finished samples to writers and the logger. A stage
+    sets new arrays and never changes a sample's image in place: they are read-only
+    (:func:`synth.sample.freeze_images`).
     """
 
     name: str = ""

@@ -9,10 +9,15 @@ Nothing here imports torch or transformers at module level, so building a stage 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from synth.errors import ConfigError, SampleError, one_line
+
+# A sample's images are read-only (synth.sample.freeze_images), and the models' processors only
+# read them: torch.from_numpy's warning about it says nothing to a user.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
 T = TypeVar("T")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
