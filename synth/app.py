@@ -13,8 +13,9 @@ from typing import Any, Callable
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
+from hydra.errors import CompactHydraException, InstantiationException
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -121,14 +122,30 @@ def main(cfg: DictConfig) -> None:
         runner = build_runner(cfg, run_dir)
         summary = runner.run(config=OmegaConf.to_container(cfg, resolve=True))
     except tuple(JOB_ERRORS) as err:  # a bad config, an unwritable output, a worker killed: one line
-        _exit_with(err)
+        print(f"error: {printable(str(err))}", file=sys.stderr)
+        _end_job(exit_code_of(err), str(err))
     except KeyboardInterrupt:  # Ctrl-C before the job's handler (listing, resume check) or a second one
         print("error: interrupted by SIGINT; files are written atomically: rerun the same command to resume",
               file=sys.stderr)
         raise SystemExit(128 + int(signal.SIGINT)) from None
     _print_summary(format_summary(summary))
     if summary["exit_code"]:
-        raise SystemExit(summary["exit_code"])
+        _end_job(summary["exit_code"], summary.get("exit_reason") or "")
+
+
+class JobFailed(CompactHydraException):
+    """A multirun job that failed (exit 1-3). Raised instead of SystemExit, which Hydra's launchers
+    do not catch: the basic launcher stopped the sweep there, joblib tore down its other jobs.
+    Hydra records this per job, runs the rest and then ends the multirun with this line, exit 1."""
+
+
+def _end_job(code: int, reason: str) -> None:
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN and code < 128:  # a signal still stops the whole sweep
+        raise JobFailed(f"error: job {hydra_cfg.job.num} of the multirun ({hydra_cfg.runtime.output_dir}) failed: "
+                        f"{printable(reason.splitlines()[0] if reason else 'see its output')}, exit {code}; "
+                        "the other jobs ran (each job's metadata.json has its exit_code)")
+    raise SystemExit(code)
 
 
 def _print_summary(text: str) -> None:

@@ -1,0 +1,62 @@
+"""Found by a hostile-user audit of sweeps, launchers, logging and configuration (round 2). Each
+test fails without the fix it names."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import sample_paths
+
+FAST = ("logger=none", "segmentation.work_size=64", "segmentation.iterations=1", "num_workers=1")
+
+
+def synth(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "synth", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.fixture
+def good_and_bad(tmp_path):
+    """Two input folders: one photo, and one file that is not an image (its job fails: exit 1)."""
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.mkdir(), bad.mkdir()
+    os.symlink(sample_paths()[0], good / "a.jpg")
+    (bad / "x.png").write_text("not an image")
+    return good, bad
+
+
+# --- a failed job of a multirun ------------------------------------------------------------------
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_failed_sweep_job_does_not_stop_the_others(tmp_path, good_and_bad, launcher):
+    """Fix: app._end_job raises JobFailed (an Exception, which Hydra's launchers record per job)
+    instead of SystemExit in a multirun. Without it the basic launcher stopped at the failed job
+    (job 1 never ran) and joblib's pool was torn down with job 1 half done (only its app.log)."""
+    good, bad = good_and_bad
+    sweep = tmp_path / "sweep"
+    proc = synth("-m", f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}", "data=folder",
+                 f"data.path={bad},{good}", *FAST, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads((sweep / "0" / "metadata.json").read_text())["exit_code"] == 1
+    assert json.loads((sweep / "1" / "metadata.json").read_text())["exit_code"] == 0
+    assert (sweep / "1" / "outputs" / "000000_output.png").is_file()
+    assert "Traceback" not in proc.stderr
+    assert f"error: job 0 of the multirun ({sweep / '0'}) failed: every sample failed (1 of 1), exit 1" in proc.stderr
+
+
+def test_a_config_error_in_one_sweep_job_does_not_stop_the_others(tmp_path, good_and_bad):
+    """The same for a job refused with exit 2 (a bad value in one job of the sweep)."""
+    good, _ = good_and_bad
+    sweep = tmp_path / "sweep"
+    proc = synth("-m", f"hydra.sweep.dir={sweep}", "data=folder", f"data.path={good}", "shadow.opacity=1.7,0.5",
+                 *FAST, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert not (sweep / "0" / "metadata.json").exists()
+    assert json.loads((sweep / "1" / "metadata.json").read_text())["exit_code"] == 0
+    assert (f"error: job 0 of the multirun ({sweep / '0'}) failed: shadow.opacity=1.7: 1.7 is not a number in "
+            "[0, 1], exit 2") in proc.stderr
