@@ -72,11 +72,19 @@ def build_runner(cfg: DictConfig, run_dir: Path) -> Runner:
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
         workers=cfg.get("workers", "auto"),
-        device=cfg.device,
+        device=job_device(cfg.device),
         resume=switch("resume", cfg.resume),
         progress_every_s=cfg.get("progress_every_s", 30),
         max_failure_rate=cfg.get("max_failure_rate", 0.1),
     )
+
+
+def job_device(value: Any) -> str:
+    """The top-level ``device``: a torch device string (whether this machine has it is checked
+    when a model stage sets up; the weight-free stages never use it)."""
+    if value is None or value in ("auto", "cpu", "cuda", "mps") or str(value).startswith("cuda:"):
+        return value
+    raise ConfigError(f"device={value}: choose auto, cpu, cuda, cuda:N or mps")
 
 
 def switch(key: str, value: Any) -> bool:

@@ -25,7 +25,7 @@ from synth.schedule import Pipeline, ordered_map, start_process_server, worker_c
 from synth.rundir import (JsonlLog, RunLock, TimingStats, check_manifest, drop_jsonl_lines, jsonl_blocks, read_jsonl,
                           read_jsonl_block, repair_torn_tail, shard_file)
 from synth.sample import Sample
-from synth.stages.base import Stage, resolve_device
+from synth.stages.base import Stage, check_cuda, resolve_device
 from synth.writers.encoded import EncodedImages
 from synth.writers.folder import sample_record
 
@@ -263,6 +263,7 @@ class Runner:
             device = self.device
             if any(stage.batched_on_device for stage in self.stages):  # (resolving imports torch)
                 device = resolve_device(device, getattr(self.source, "shard_index", 0))  # shard k: GPU k mod n
+                check_cuda("device", device)  # cuda:9 on this machine: one line, not torch's traceback
             for stage in self.stages:
                 stage.setup(device)
             todo = (self.source.item(index) for index in shard if not self._complete(index))

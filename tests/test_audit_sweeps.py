@@ -60,3 +60,35 @@ def test_a_config_error_in_one_sweep_job_does_not_stop_the_others(tmp_path, good
     assert json.loads((sweep / "1" / "metadata.json").read_text())["exit_code"] == 0
     assert (f"error: job 0 of the multirun ({sweep / '0'}) failed: shadow.opacity=1.7: 1.7 is not a number in "
             "[0, 1], exit 2") in proc.stderr
+
+
+# --- the job's device ----------------------------------------------------------------------------
+def test_a_device_that_is_not_one_is_a_config_error(tmp_path):
+    """Fix: app.build_runner checks the top-level ``device``. Without it ``device=tpu`` ran the
+    weight-free job (exit 0) and, with a model stage, ended in torch's RuntimeError traceback."""
+    run_dir = tmp_path / "run"
+    proc = synth(f"hydra.run.dir={run_dir}", "device=tpu", "data.limit=1", *FAST, cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (2, "error: device=tpu: choose auto, cpu, cuda, cuda:N or mps\n")
+    assert not (run_dir / "metadata.json").exists() and not (run_dir / "samples.jsonl").exists()
+
+
+@pytest.mark.parametrize("gpus, device, key", [(0, "cuda", "device"), (0, "cuda:0", "captioning.device"),
+                                               (2, "cuda:9", "device"), (2, "cuda:x", "device")])
+def test_a_cuda_device_this_machine_lacks_is_a_config_error(monkeypatch, gpus, device, key):
+    """Fix: stages.base.check_cuda (a model stage's setup, the runner's job device) checks a CUDA
+    device against torch.cuda. Without it
+    ``device=cuda:9`` (or ``cuda`` on a CPU machine) with a model stage ended in torch's
+    'Found no NVIDIA driver' / 'invalid device ordinal' traceback, exit 1."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from synth.errors import ConfigError
+    from synth.stages.base import check_cuda
+
+    monkeypatch.setattr(torch, "cuda", SimpleNamespace(is_available=lambda: gpus > 0, device_count=lambda: gpus))
+    with pytest.raises(ConfigError, match=rf"^{key}={device}: .*(no CUDA GPU|2 CUDA GPUs)"):
+        check_cuda(key, device)
+    if gpus:
+        check_cuda("device", "cuda:1"), check_cuda("device", "cuda")
+    check_cuda("device", "cpu"), check_cuda("device", None)

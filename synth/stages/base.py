@@ -54,3 +54,21 @@ def resolve_device(device: str, shard_index: int = 0) -> str:
         return "cpu"
     count = torch.cuda.device_count()
     return f"cuda:{shard_index % count}" if count > 1 else "cuda"
+
+
+def check_cuda(key: str, device: str | None) -> None:
+    """A CUDA device (``cuda``, ``cuda:N``) this machine lacks is a ConfigError naming ``key``:
+    torch would fail with a traceback when a model moves there. Other devices pass."""
+    if not str(device).startswith("cuda"):
+        return
+    import torch
+
+    from synth.errors import ConfigError
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not count:
+        raise ConfigError(f"{key}={device}: this machine has no CUDA GPU torch can use; use cpu or auto")
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or (index and not (index.isdigit() and int(index) < count)):
+        raise ConfigError(f"{key}={device}: this machine has {count} CUDA GPU{'s' if count > 1 else ''}: "
+                          f"use cuda or cuda:0 to cuda:{count - 1}")

@@ -19,7 +19,7 @@ import numpy as np
 from synth.params import setting
 from synth.errors import ConfigError, SampleError, one_line
 from synth.sample import Sample
-from synth.stages.base import Stage, resolve_device
+from synth.stages.base import Stage, check_cuda, resolve_device
 from synth.stages.captioning import check_template, describe_degradation
 from synth.stages.models.loading import check_device, check_dtype, infer_backing_off, resolve_dtype
 from synth.stages.segmentation import empty_mask_reason, set_mask
@@ -61,6 +61,7 @@ class ModelStage(Stage):
         if self.loaded:  # once per process, however often the runner asks
             return
         self.device = resolve_device(self.device_option or device)
+        check_cuda(f"{self.name}.device" if self.device_option else "device", self.device)
         self.dtype = resolve_dtype(self.dtype_option, self.device)
         self.load()
         self.loaded = True
