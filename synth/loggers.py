@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from synth.errors import ConfigError
+from synth.errors import ConfigError, OutputError
+from synth.faults import check_creatable
 from synth.imaging import check_png_encoder, cut_out, encode, linear_to_srgb, shrink, to_uint8, with_alpha
 from synth.params import setting
 from synth.sample import Sample
@@ -21,6 +22,27 @@ from synth.sample import Sample
 MODES = ("online", "offline", "disabled")
 MAX_FAILURE_ROWS = 1000  # the W&B failures table; the job keeps O(1) state per sample
 MODE_ALIASES = {"run": "online", "dryrun": "offline"}  # older WANDB_MODE spellings
+PROJECT_FORBIDDEN = ("/", "\\", "#", "?", "%", ":")  # wandb.init refuses these in a project name
+
+
+def check_text(key: str, value: Any) -> str | None:
+    """A wandb.init text argument: Hydra reads ``logger.name=123`` as a number, meant as text."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{key}={value}: must be text")
+
+
+def check_tags(tags: Any) -> list[str]:
+    """``logger.tags``: one tag (``logger.tags=trial``) or a list; W&B takes 1 to 64 characters each."""
+    if tags is None:
+        return []
+    listed = [tags] if isinstance(tags, (str, int, float)) else tags
+    if not isinstance(listed, (list, tuple)) or not all(
+            isinstance(t, (str, int, float)) and not isinstance(t, bool) and 1 <= len(str(t)) <= 64 for t in listed):
+        raise ConfigError(f"logger.tags={tags}: a tag or a list of tags, each 1 to 64 characters")
+    return [str(t) for t in listed]
 
 
 def _no_sample(index: int) -> bool:
@@ -71,8 +93,12 @@ class WandbLogger(NullLogger):
         self.max_images = setting("logger.max_images", max_images, 0, integer=True)
         self.image_size = setting("logger.image_size", image_size, 16, integer=True, optional=True)  # null: full size
         self.png_encoder = check_png_encoder("logger.png_encoder", png_encoder)
-        self.init_kwargs = dict(project=project, entity=entity, group=group, job_type=job_type,
-                                tags=list(tags or []), name=name, notes=notes)
+        text = {key: check_text(f"logger.{key}", value) for key, value in dict(
+            project=project, entity=entity, group=group, job_type=job_type, name=name, notes=notes).items()}
+        if text["project"] and any(c in text["project"] for c in PROJECT_FORBIDDEN):
+            raise ConfigError(f"logger.project={text['project']}: W&B project names cannot contain "
+                              f"{' '.join(PROJECT_FORBIDDEN)}")
+        self.init_kwargs = dict(text, tags=check_tags(tags))
         self.mode, self.dir = mode, dir
         self.run: Any = None
         self.mode_used = mode
@@ -102,6 +128,11 @@ class WandbLogger(NullLogger):
         kwargs["name"] = kwargs["name"] or hydra.get("name")
         # WANDB_DIR wins; otherwise the W&B files live in the run directory, beside the outputs.
         wandb_dir = Path(self.dir or os.environ.get("WANDB_DIR") or run_dir)
+        try:
+            check_creatable(wandb_dir)  # a file there: one line, exit 3, not mkdir's traceback
+        except OutputError as err:
+            where = "logger.dir" if self.dir else "WANDB_DIR" if os.environ.get("WANDB_DIR") else "run directory"
+            raise OutputError(f"{where}: {err}") from None
         wandb_dir.mkdir(parents=True, exist_ok=True)
         config = {**config, "run_dir": str(run_dir), "overrides": hydra.get("overrides", [])}
         try:

@@ -92,3 +92,46 @@ def test_a_cuda_device_this_machine_lacks_is_a_config_error(monkeypatch, gpus, d
     if gpus:
         check_cuda("device", "cuda:1"), check_cuda("device", "cuda")
     check_cuda("device", "cpu"), check_cuda("device", None)
+
+
+# --- logger.* settings that wandb.init refuses --------------------------------------------------
+def test_one_tag_is_one_tag():
+    """Fix: loggers.check_tags. Without it ``logger.tags=trial`` (one string) became the tags
+    't', 'r', 'i', 'a', 'l' (list() of the string), as data.extensions=.png once did."""
+    from synth.loggers import WandbLogger
+
+    assert WandbLogger(tags="trial").init_kwargs["tags"] == ["trial"]
+    assert WandbLogger(tags=["a", 2]).init_kwargs["tags"] == ["a", "2"]  # Hydra reads [a,2] as 'a', 2
+    assert WandbLogger(name=123, project=7).init_kwargs | {"tags": None} == {
+        "project": "7", "entity": None, "group": None, "job_type": "generate", "tags": None, "name": "123",
+        "notes": None}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("logger.tags=[[a]]", r"logger\.tags=\[\['a'\]\]: a tag or a list of tags, each 1 to 64 characters"),
+    ("logger.tags=[" + "x" * 65 + "]", r"logger\.tags=\['x{65}'\]: a tag or a list of tags, each 1 to 64 characters"),
+    ("logger.project=a/b", r"logger\.project=a/b: W&B project names cannot contain"),
+    ("logger.job_type=[x]", r"logger\.job_type=\['x'\]: must be text"),
+])
+def test_a_logger_setting_wandb_refuses_is_one_config_error(tmp_path, override, message):
+    """Fix: WandbLogger checks its wandb.init arguments when it is built. Without it each ended in
+    wandb's or pydantic's traceback at the start of the run, exit 1, with the run directory's
+    samples.jsonl and metadata.json already written."""
+    run_dir = tmp_path / "run"
+    proc = synth(f"hydra.run.dir={run_dir}", "data.limit=1", *FAST[1:], "logger=wandb", "logger.mode=offline",
+                 override, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    import re
+    assert re.fullmatch(f"error: {message}.*\n", proc.stderr), proc.stderr
+    assert not (run_dir / "metadata.json").exists()
+
+
+def test_a_logger_dir_that_is_a_file_is_one_output_error(tmp_path):
+    """Fix: WandbLogger.start checks logger.dir with faults.check_creatable. Without it the job
+    ended in a FileExistsError traceback, exit 1 (README: an unwritable output location is exit 3)."""
+    (tmp_path / "afile").write_text("")
+    run_dir = tmp_path / "run"
+    proc = synth(f"hydra.run.dir={run_dir}", "data.limit=1", *FAST[1:], "logger=wandb", "logger.mode=offline",
+                 f"logger.dir={tmp_path / 'afile'}", cwd=tmp_path)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr == f"error: logger.dir: cannot write to {tmp_path / 'afile'}: {tmp_path / 'afile'} is not a directory\n"
