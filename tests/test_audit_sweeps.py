@@ -135,3 +135,28 @@ def test_a_logger_dir_that_is_a_file_is_one_output_error(tmp_path):
                  f"logger.dir={tmp_path / 'afile'}", cwd=tmp_path)
     assert proc.returncode == 3, proc.stderr
     assert proc.stderr == f"error: logger.dir: cannot write to {tmp_path / 'afile'}: {tmp_path / 'afile'} is not a directory\n"
+
+
+# --- benchmarks with absurd arguments ------------------------------------------------------------
+@pytest.mark.parametrize("args, message", [
+    (["pipeline", "--count", "0"], "argument --count: must be an integer >= 1, not 0"),
+    (["pipeline", "--repeats", "0"], "argument --repeats: must be an integer >= 1, not 0"),
+    (["cores", "--size", "1"], "argument --size: must be an integer >= 64, not 1"),
+    (["shadow", "--visibility", "--seeds", "0"], "argument --seeds: must be an integer >= 1, not 0"),
+    (["lanes", "--batch-size", "0"], "argument --batch-size: must be an integer >= 1, not 0"),
+    (["lanes", "--device-ms", "abc"], "argument --device-ms: 'abc': expected comma-separated numbers"),
+    (["memory", "--counts", "0"], "argument --counts: must be an integer >= 1, not 0"),
+    (["memory", "--size", "1"], "argument --size: must be an integer >= 16, not 1"),
+    (["scale", "--jobs", "0"], "argument --jobs: must be an integer >= 1, not 0"),
+    (["models", "--batch-sizes", "4,0"], "argument --batch-sizes: '4,0': expected comma-separated numbers >= 1"),
+    (["e2e", "--count", "0"], "argument --count: must be an integer >= 1, not 0"),
+])
+def test_a_benchmark_refuses_absurd_arguments_in_one_line(tmp_path, args, message):
+    """Fix: synth.bench.at_least / numbers as argparse types. Without them each ended in a
+    traceback (no images listed, a median of no runs, a division by zero, int('abc')) or, for
+    e2e, went on to load models for a job of no images."""
+    proc = subprocess.run([sys.executable, "-m", "synth.bench", *args], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[-1] == f"python -m synth.bench {args[0]}: error: {message}"
+    assert "Traceback" not in proc.stderr

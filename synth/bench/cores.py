@@ -18,14 +18,15 @@ from pathlib import Path
 
 from synth.bench.pipeline import masked_job, time_run
 from synth.schedule import usable_cores
+from synth.bench import at_least
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m synth.bench cores", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--count", type=int, default=48, help="images per run (more cores: more images)")
-    parser.add_argument("--size", type=int, default=1024, help="image side in pixels")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per value; the median is reported")
+    parser.add_argument("--count", type=at_least(1), default=48, help="images per run (more cores: more images)")
+    parser.add_argument("--size", type=at_least(64), default=1024, help="image side in pixels")
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="runs per value; the median is reported")
     parser.add_argument("--workers", default="1,auto", help="num_workers values, comma-separated")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args(argv)

@@ -25,6 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+from synth.bench import at_least
 
 SEGMENTATION = ("sam3", "sam", "mask_folder")
 CAPTIONING = ("blip", "vlm", "template")
@@ -76,12 +77,16 @@ def stage_overrides(name: str, stage: Any, group: str) -> list[str]:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m synth.bench e2e", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=None, help="photos in the job (default 256; 6 with --tiny)")
-    parser.add_argument("--size", type=int, default=None, help="photos are SIZE x SIZE (default 1024; 256 with --tiny)")
+    parser.add_argument("--count", type=at_least(1), default=None,
+                        help="photos in the job (default 256; 6 with --tiny)")
+    parser.add_argument("--size", type=at_least(64), default=None,
+                        help="photos are SIZE x SIZE (default 1024; 256 with --tiny)")
     parser.add_argument("--segmentation", default="sam3", choices=SEGMENTATION)
     parser.add_argument("--captioning", default="blip", choices=CAPTIONING)
-    parser.add_argument("--batch-size", type=int, default=None, help="the job's batch_size (default 32; 2 with --tiny)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed batches per model stage for the bound (fastest)")
+    parser.add_argument("--batch-size", type=at_least(1), default=None,
+                        help="the job's batch_size (default 32; 2 with --tiny)")
+    parser.add_argument("--repeats", type=at_least(1), default=3,
+                        help="timed batches per model stage for the bound (fastest)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--sam-model-type", default="vit_h", choices=("vit_b", "vit_l", "vit_h"))
     parser.add_argument("--tiny", action="store_true", help="tiny architectures on the CPU: checks the harness")

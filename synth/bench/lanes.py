@@ -29,6 +29,7 @@ import numpy as np
 from synth.sample import Sample
 from synth.schedule import Pipeline, usable_cores
 from synth.stages.base import Stage
+from synth.bench import at_least, numbers
 
 
 class Model(Stage):
@@ -103,29 +104,31 @@ def run(stages: list[Stage], args: argparse.Namespace, workers: str) -> tuple[fl
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m synth.bench lanes", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--count", type=int, default=96, help="images per run")
-    parser.add_argument("--size", type=int, default=512, help="image side in pixels")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device-ms", default="20,20", help="device ms per image of the two models")
-    parser.add_argument("--cpu-ms", type=float, default=40.0, help="CPU ms per image between them")
-    parser.add_argument("--num-workers", type=int, default=usable_cores())
+    parser.add_argument("--count", type=at_least(1), default=96, help="images per run")
+    parser.add_argument("--size", type=at_least(16), default=512, help="image side in pixels")
+    parser.add_argument("--batch-size", type=at_least(1), default=8)
+    parser.add_argument("--device-ms", type=numbers(float, 0, 2), default="20,20",
+                        help="device ms per image of the two models")
+    parser.add_argument("--cpu-ms", type=numbers(float, 0, 1), default="40", help="CPU ms per image between them")
+    parser.add_argument("--num-workers", type=at_least(1), default=usable_cores())
     parser.add_argument("--workers", default="threads", help="threads, processes or both, comma-separated")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each; the median is reported")
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="runs of each; the median is reported")
     args = parser.parse_args(argv)
-    first_ms, second_ms = (float(v) for v in args.device_ms.split(","))
+    first_ms, second_ms = args.device_ms
+    (cpu_ms,) = args.cpu_ms
     print(f"synth lanes benchmark: {args.count} images of {args.size}x{args.size}, batch {args.batch_size}, "
-          f"models {first_ms:g} + {second_ms:g} ms per image, CPU {args.cpu_ms:g} ms per image on "
+          f"models {first_ms:g} + {second_ms:g} ms per image, CPU {cpu_ms:g} ms per image on "
           f"{args.num_workers} workers")
-    bound = 1000 / max(first_ms, second_ms, args.cpu_ms / args.num_workers)
+    bound = 1000 / max(first_ms, second_ms, cpu_ms / args.num_workers)
     for workers in args.workers.split(","):
         rates: dict[str, list[float]] = {"lanes": [], "serial": []}
         main_ms: list[float] = []  # of the lanes runs
         for _ in range(args.repeats):  # interleaved: load changes hit both alike
             first, second = Model("segmentation", first_ms, "mask"), Model("captioning", second_ms, "caption")
-            rate, ms = run([first, CpuStages(args.cpu_ms), second], args, workers)
+            rate, ms = run([first, CpuStages(cpu_ms), second], args, workers)
             rates["lanes"].append(rate)
             main_ms.append(ms)
-            rates["serial"].append(run([BothModels(first, second), CpuStages(args.cpu_ms)], args, workers)[0])
+            rates["serial"].append(run([BothModels(first, second), CpuStages(cpu_ms)], args, workers)[0])
         lanes, serial = (statistics.median(rates[k]) for k in ("lanes", "serial"))
         print(f"workers={workers}: lanes {lanes:.2f} images/s, serial {serial:.2f} images/s (medians of "
               f"{args.repeats}); lanes / serial = {lanes / serial:.2f}x; bound {bound:.2f} images/s, "

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from synth.bench import at_least
 
 
 def make_photos(folder: Path, count: int, size: int = 32) -> tuple[Path, Path]:
@@ -188,14 +189,16 @@ def resume_check(workdir: Path, records: int, repeats: int = 3, workers: str = "
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m synth.bench memory", description=__doc__)
-    parser.add_argument("--counts", type=int, nargs="*", default=[300, 3000, 30000],
+    parser.add_argument("--counts", type=at_least(1), nargs="*", default=[300, 3000, 30000],
                         help="photos per job (none: no jobs)")
-    parser.add_argument("--size", type=int, default=32, help="photo side in pixels")
-    parser.add_argument("--csv-rows", type=int, default=1_000_000, help="rows of the generated CSV (0: skip)")
-    parser.add_argument("--folder-files", type=int, default=100_000, help="files of the generated folder (0: skip)")
-    parser.add_argument("--resume", type=int, default=0, metavar="N",
+    parser.add_argument("--size", type=at_least(16), default=32, help="photo side in pixels")
+    parser.add_argument("--csv-rows", type=at_least(0), default=1_000_000, help="rows of the generated CSV (0: skip)")
+    parser.add_argument("--folder-files", type=at_least(0), default=100_000,
+                        help="files of the generated folder (0: skip)")
+    parser.add_argument("--resume", type=at_least(0), default=0, metavar="N",
                         help="time resume's completeness check over N cloned complete samples (0: skip)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of the resume check (the median is printed)")
+    parser.add_argument("--repeats", type=at_least(1), default=3,
+                        help="runs of the resume check (the median is printed)")
     parser.add_argument("--resume-workers", default="auto", choices=["auto", "threads", "processes"],
                         help="the job's workers= for the resume check (processes from a 64 MiB samples.jsonl)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")

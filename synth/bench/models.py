@@ -32,6 +32,7 @@ from synth.data import SAMPLES_DIR
 from synth.imaging import open_rgb
 from synth.sample import Sample
 from synth.stages.base import resolve_device
+from synth.bench import at_least, numbers
 
 STAGES = ("sam3", "sam", "blip", "vlm", "marigold_iid", "marigold_normals")
 QWEN_SPECIALS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|vision_start|>": 151652,
@@ -372,10 +373,10 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m synth.bench models", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stages", default=None,
                         help=f"comma-separated, from {','.join(STAGES)} (default: all on CUDA, sam,blip on CPU)")
-    parser.add_argument("--batch-sizes", default="1,4,8,16")
-    parser.add_argument("--repeats", type=int, default=None,
+    parser.add_argument("--batch-sizes", type=numbers(int, 1), default="1,4,8,16")
+    parser.add_argument("--repeats", type=at_least(1), default=None,
                         help="timed batches per size, the fastest reported (default 3 on CUDA, 2 on CPU)")
-    parser.add_argument("--size", type=int, default=1024, help="input photos are SIZE x SIZE")
+    parser.add_argument("--size", type=at_least(64), default=1024, help="input photos are SIZE x SIZE")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", help="auto = bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--sam-model-type", default="vit_b", choices=("vit_b", "vit_l", "vit_h"))
@@ -391,7 +392,7 @@ def main(argv: list[str]) -> None:
     unknown = [n for n in names if n not in STAGES]
     if unknown:
         raise SystemExit(f"error: --stages: unknown {', '.join(unknown)}; choose from {', '.join(STAGES)}")
-    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    sizes = args.batch_sizes
     repeats = args.repeats or (3 if on_cuda else 2)
     images = photos(args.size)
     where = torch.cuda.get_device_name(device) if on_cuda else f"CPU, {torch.get_num_threads()} threads"

@@ -30,6 +30,7 @@ from synth.data import SAMPLES_DIR
 from synth.imaging import open_rgb, resize
 from synth.sample import Sample
 from synth.stages.segmentation import GrabCut
+from synth.bench import at_least
 
 
 def prepare_inputs(workdir: Path, count: int = 16, size: int = 1024) -> tuple[Path, Path]:
@@ -131,10 +132,11 @@ def bench_reference(images_dir: Path, masks_dir: Path, count: int) -> float:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m synth.bench pipeline", description=__doc__)
-    parser.add_argument("--count", type=int, default=24, help="images per run")
-    parser.add_argument("--size", type=int, default=1024, help="image side in pixels")
-    parser.add_argument("--repeats", type=int, default=5, help="runs; the median is reported")
-    parser.add_argument("--baseline-count", type=int, default=2, help="images for the reference baseline (0 skips)")
+    parser.add_argument("--count", type=at_least(1), default=24, help="images per run")
+    parser.add_argument("--size", type=at_least(64), default=1024, help="image side in pixels")
+    parser.add_argument("--repeats", type=at_least(1), default=5, help="runs; the median is reported")
+    parser.add_argument("--baseline-count", type=at_least(0), default=2,
+                        help="images for the reference baseline (0 skips)")
     parser.add_argument("--encoders", default="cv2,auto", help="writer.png_encoder values to compare, comma-separated")
     parser.add_argument("--workers", default="auto",
                         help="`workers` values (threads, processes, auto) to compare, comma-separated")

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from synth.bench.pipeline import masked_job, time_run
+from synth.bench import at_least
 
 WRITERS = {
     "folder (every stage image)": [],
@@ -39,10 +40,10 @@ def parallel_rate(workdir: Path, overrides: list[str], jobs: int) -> float:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m synth.bench scale", description=__doc__)
-    parser.add_argument("--count", type=int, default=16, help="images per measurement (split over the jobs)")
-    parser.add_argument("--size", type=int, default=1024, help="image side in pixels")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per cell; the median is reported")
-    parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2], help="parallel job counts")
+    parser.add_argument("--count", type=at_least(1), default=16, help="images per measurement (split over the jobs)")
+    parser.add_argument("--size", type=at_least(64), default=1024, help="image side in pixels")
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="runs per cell; the median is reported")
+    parser.add_argument("--jobs", type=at_least(1), nargs="+", default=[1, 2], help="parallel job counts")
     parser.add_argument("--writers", nargs="+", choices=list(WRITERS), default=list(WRITERS), metavar="LABEL",
                         help="rows to measure (default: all)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")

@@ -36,6 +36,7 @@ from synth.imaging import open_rgb
 from synth.sample import Sample
 from synth.stages.patterns import PATTERNS, render
 from synth.stages.shadow import HardShadow, Mix, SoftShading, luma, subject_box, visibility
+from synth.bench import at_least
 
 
 def portrait(size: int) -> Sample:
@@ -125,10 +126,10 @@ def visibility_report(overrides: list[str], seeds: int) -> None:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m synth.bench shadow", description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--size", type=at_least(64), default=1024)
+    parser.add_argument("--repeats", type=at_least(1), default=15)
     parser.add_argument("--visibility", action="store_true", help="report visibility per family instead of timings")
-    parser.add_argument("--seeds", type=int, default=8, help="with --visibility: samples per photo")
+    parser.add_argument("--seeds", type=at_least(1), default=8, help="with --visibility: samples per photo")
     parser.add_argument("overrides", nargs="*", help="with --visibility: config overrides, e.g. experiment=sun_shadows")
     args = parser.parse_args(argv)
     if args.visibility:
