@@ -160,3 +160,42 @@ def test_a_benchmark_refuses_absurd_arguments_in_one_line(tmp_path, args, messag
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines()[-1] == f"python -m synth.bench {args[0]}: error: {message}"
     assert "Traceback" not in proc.stderr
+
+
+# --- the review notebook -------------------------------------------------------------------------
+def notebook_function(name: str):
+    """A function defined in notebooks/review.ipynb, run here without a kernel."""
+    import ast
+
+    import nbformat
+
+    from tests.conftest import REPO
+
+    nb = nbformat.read(REPO / "notebooks" / "review.ipynb", as_version=4)
+    namespace: dict = {"Path": Path}
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            for node in ast.parse(cell.source).body:
+                if isinstance(node, ast.FunctionDef):
+                    exec(compile(ast.Module([node], []), "review.ipynb", "exec"), namespace)
+    return namespace[name]
+
+
+def test_the_notebook_refuses_a_sweep_directory_or_one_where_no_job_ran(tmp_path, monkeypatch):
+    """Fix: review.ipynb's check_run. Without it RUN_DIR=<sweep dir> (the directory a multirun
+    prints) or a job directory refused before it started showed '0 finished samples read' and
+    '0 failed', as if the run had made nothing."""
+    find_run = notebook_function("find_run")
+    sweep = tmp_path / "sweep"
+    for job in ("0", "1", "10"):
+        (sweep / job).mkdir(parents=True)
+        (sweep / job / "metadata.json").write_text("{}")
+    (sweep / "multirun.yaml").write_text("")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=rf"^RUN_DIR=sweep: a multirun sweep directory; set RUN_DIR to one of its "
+                                         rf"jobs: {sweep / '0'}, {sweep / '1'}, {sweep / '10'}$"):
+        find_run("sweep")
+    assert find_run("sweep/1") == sweep / "1"
+    (tmp_path / "refused" / ".hydra").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"^RUN_DIR=refused: no synth job ran there"):
+        find_run("refused")
