@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from synth.app import build
+from synth.bench import at_least
 from synth.data import SAMPLES_DIR
 from synth.imaging import open_rgb
 from synth.sample import Sample
@@ -77,11 +78,27 @@ def labelled(image: np.ndarray, label: str, size: int = TILE) -> np.ndarray:
     return np.pad(np.vstack([bar, small]), ((2, 2), (2, 2), (0, 0)), constant_values=255)
 
 
+def writable_out(parser: argparse.ArgumentParser, out: str) -> Path:
+    """--out's folder, made now: a bad --out is one usage line (exit 2) before the figure is computed."""
+    from synth.errors import OutputError
+    from synth.faults import check_creatable
+
+    try:
+        check_creatable(Path(out).parent)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    except (OutputError, OSError) as err:
+        parser.error(f"--out {out}: {err}")
+    if Path(out).suffix.lower() != ".png":
+        parser.error(f"--out {out}: must end in .png")
+    return Path(out)
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/shadow_contact_sheet.png")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=at_least(0), default=0)
     args = parser.parse_args(argv)
+    out = writable_out(parser, args.out)
     sample = prepared(args.seed)
     tiles = [tile(sample, None, "original", 0), tile(sample, None, "albedo (stage 2)", 0)]
     for i, name in enumerate(PATTERNS):
@@ -110,8 +127,6 @@ def main(argv: list[str] | None = None) -> Path:
     tiles = [np.pad(t, ((0, height - t.shape[0]), (0, width - t.shape[1]), (0, 0)), constant_values=255) for t in tiles]
     rows = [np.hstack(tiles[i:i + COLUMNS]) for i in range(0, len(tiles), COLUMNS)]
     sheet = Image.fromarray(np.vstack(rows))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out, optimize=True)
     if out.stat().st_size > MAX_BYTES:  # keep the repository small: a 256-colour palette is plenty to judge
         sheet.quantize(256, dither=Image.Dither.FLOYDSTEINBERG).save(out, optimize=True)

@@ -28,7 +28,7 @@ from synth.stages.recombine import AlphaComposite
 from synth.stages.segmentation import GrabCut
 from synth.stages.shadow import SoftShading
 
-from contact_sheet import labelled  # scripts/ is on sys.path when a script runs
+from contact_sheet import labelled, writable_out  # scripts/ is on sys.path when a script runs
 
 TILE = 220  # px, long side of each tile
 LIGHTS = {"light from the left": 160.0, "light from the right": 20.0}
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/decomposition_relight.png")
     args = parser.parse_args(argv)
+    out = writable_out(parser, args.out)
     sample, plain = prepared(True), prepared(False)
     rebuilt = linear_to_srgb(srgb_to_linear(sample.albedo) * sample.shading + sample.residual)
     top = [tile(sample.image, "photo I"), tile(sample.albedo, "albedo A (Retinex)"),
@@ -71,9 +72,8 @@ def main(argv: list[str] | None = None) -> Path:
     bottom = [np.full_like(top[0], 255)] * 4 + [tile(relit(plain, az), f"no decomposition: {name}")
                                                 for name, az in LIGHTS.items()]
     sheet = np.vstack([np.hstack(top), np.hstack(bottom)])
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    if not cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
+        parser.error(f"--out {out}: OpenCV could not write it")  # imwrite reports failure only as False
     print(out, sheet.shape[1], "x", sheet.shape[0])
     return out
 

@@ -199,3 +199,26 @@ def test_the_notebook_refuses_a_sweep_directory_or_one_where_no_job_ran(tmp_path
     (tmp_path / "refused" / ".hydra").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"^RUN_DIR=refused: no synth job ran there"):
         find_run("refused")
+
+
+# --- the figure scripts --------------------------------------------------------------------------
+@pytest.mark.parametrize("script, args, message", [
+    ("contact_sheet.py", ["--seed", "-1"], "argument --seed: must be an integer >= 0, not -1"),
+    ("contact_sheet.py", ["--out", "{afile}/x.png"], "--out {afile}/x.png: cannot write to {afile}: {afile} is not a "
+                                                    "directory"),
+    ("decomposition_figure.py", ["--out", "{afile}/x.png"], "--out {afile}/x.png: cannot write to {afile}: {afile} "
+                                                            "is not a directory"),
+    ("decomposition_figure.py", ["--out", "{tmp}/figure.xyz"], "--out {tmp}/figure.xyz: must end in .png"),
+])
+def test_a_figure_script_refuses_a_bad_argument_in_one_line(tmp_path, script, args, message):
+    """Fix: scripts/contact_sheet.py writable_out (and --seed's type). Without it each was a
+    traceback after the figure was computed (mkdir under a file, a negative seed), and
+    decomposition_figure.py reported a figure cv2.imwrite had not written (exit 0, no file)."""
+    from tests.conftest import REPO
+
+    (tmp_path / "afile").write_text("")
+    fill = {"afile": tmp_path / "afile", "tmp": tmp_path}
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / script), *(a.format(**fill) for a in args)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[-1] == f"{script}: error: {message.format(**fill)}"
