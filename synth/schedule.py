@@ -64,13 +64,19 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+MAX_WORKERS = 1024
+
+
 def worker_count(value: Any) -> int:
     """``num_workers``: ``auto`` (the usable cores) or a positive integer."""
     if value == "auto":
         return usable_cores()
     if isinstance(value, str):
         raise ConfigError(f"num_workers={value}: use auto (every usable core) or a positive integer")
-    return setting("num_workers", value, 1, integer=True)
+    count = setting("num_workers", value, 1, integer=True)
+    if count > MAX_WORKERS:  # num_workers=100000: "can't start new thread", or a hang starting processes
+        raise ConfigError(f"num_workers={value}: at most {MAX_WORKERS} (this process may use {usable_cores()} cores)")
+    return count
 
 
 WORKER_KINDS = ("auto", "threads", "processes")

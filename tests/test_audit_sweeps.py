@@ -222,3 +222,21 @@ def test_a_figure_script_refuses_a_bad_argument_in_one_line(tmp_path, script, ar
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines()[-1] == f"{script}: error: {message.format(**fill)}"
+
+
+# --- num_workers beyond reason -------------------------------------------------------------------
+def test_an_absurd_worker_count_is_one_config_error(tmp_path):
+    """Fix: schedule.worker_count caps num_workers at MAX_WORKERS (1024). Without it
+    num_workers=100000 ended in "RuntimeError: can't start new thread" (threads) or hung starting
+    processes, after the run directory's manifest and synth.lock were written."""
+    from synth.errors import ConfigError
+    from synth.schedule import MAX_WORKERS, worker_count
+
+    assert worker_count(MAX_WORKERS) == MAX_WORKERS
+    with pytest.raises(ConfigError, match=r"^num_workers=100000: at most 1024 \(this process may use \d+ cores\)$"):
+        worker_count(100000)
+    run_dir = tmp_path / "run"
+    proc = synth(f"hydra.run.dir={run_dir}", "num_workers=100000", "workers=threads", "data.limit=1", *FAST[:-1],
+                 cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: num_workers=100000: at most 1024"), proc.stderr
+    assert not (run_dir / "manifest.jsonl").exists()
