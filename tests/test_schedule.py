@@ -262,11 +262,11 @@ def test_outputs_are_byte_identical_for_any_num_workers_batch_size_and_segments(
 
 
 def test_a_job_with_model_stages_sets_them_up_on_gpu_shard_mod_n(tmp_path, monkeypatch):
-    cuda = SimpleNamespace(is_available=lambda: True, device_count=lambda: 4)
-    monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=cuda))  # a node with 4 GPUs
     inputs = make_inputs(tmp_path / "in", 6)
     runner = runner_for(inputs, tmp_path / "run", "data.num_shards=8", "data.shard_index=5",
-                        on_device=("segmentation",))
+                        on_device=("segmentation",))  # (built first: the webdataset writer imports torch)
+    cuda = SimpleNamespace(is_available=lambda: True, device_count=lambda: 4)
+    monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=cuda))  # a node with 4 GPUs
     devices = []
     monkeypatch.setattr(runner.stages[0], "setup", devices.append)
     summary = runner.run()
