@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from synth.errors import ConfigError, OutputError
 from synth.faults import EXIT_CONFIG_ERROR, JOB_ERRORS, check_creatable, exit_code_of, printable
+from synth.params import switch
 from synth.runner import STAGE_GROUPS, Runner
 from synth.stages.segmentation import MaskFolder
 
@@ -85,13 +86,6 @@ def job_device(value: Any) -> str:
     if value is None or value in ("auto", "cpu", "cuda", "mps") or str(value).startswith("cuda:"):
         return value
     raise ConfigError(f"device={value}: choose auto, cpu, cuda, cuda:N or mps")
-
-
-def switch(key: str, value: Any) -> bool:
-    """A true/false setting: ``resume=no`` is a string for Hydra, and would count as true."""
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}={value}: true or false")
-    return value
 
 
 def skip_mask_folders(source: Any, stages: list[Any]) -> None:

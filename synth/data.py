@@ -17,7 +17,7 @@ from synth.decode import Limits, decode, formats_for
 from synth.errors import ConfigError, SampleError
 from synth.faults import printable
 from synth.files import atomic_write
-from synth.params import setting
+from synth.params import setting, switch
 from synth.rundir import marks_run_dir
 from synth.sample import Sample
 from synth.schedule import ordered_map
@@ -61,8 +61,7 @@ class ImageFolder:
         if shard_index >= num_shards:
             raise ConfigError(f"data.shard_index={shard_index}: must be in [0, {num_shards - 1}] for data.num_shards={num_shards}")
         limit = setting("data.limit", limit, 0, integer=True, optional=True)
-        if not isinstance(recursive, bool):  # data.recursive=no is a string for Hydra: it would count as true
-            raise ConfigError(f"data.recursive={recursive}: true or false")
+        recursive = switch("data.recursive", recursive)
         if isinstance(extensions, str):  # data.extensions=.png: that one extension, not its characters
             extensions = [extensions]
         if not isinstance(extensions, (list, tuple)) or not all(isinstance(e, str) and e for e in extensions):

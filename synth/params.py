@@ -159,6 +159,13 @@ def setting(key: str, value: Any, lo: float | None = None, hi: float | None = No
     return value
 
 
+def switch(key: str, value: Any) -> bool:
+    """A true/false setting. Hydra reads ``resume=no`` as the text "no", which would count as true."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value}: true or false")
+    return value
+
+
 def _check_weights(key: str, weights: tuple) -> tuple:
     # A zero sum, NaN or inf would make the choice probabilities NaN mid-run: refuse them here.
     if not all(_is_number(w) and math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from synth.errors import ConfigError
 from synth.sample import Sample
 
 
@@ -62,8 +63,6 @@ def check_cuda(key: str, device: str | None) -> None:
     if not str(device).startswith("cuda"):
         return
     import torch
-
-    from synth.errors import ConfigError
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if not count:

@@ -10,7 +10,7 @@ from typing import Any
 from synth.errors import ConfigError
 from synth.files import atomic_write, atomic_write_json, link_or_copy, to_json
 from synth.imaging import check_png_encoder
-from synth.params import setting
+from synth.params import setting, switch
 from synth.sample import Sample
 from synth.writers.encoded import EncodedImages
 
@@ -46,13 +46,6 @@ PARAMS_FILE = "stage_3/{id}_params.json"
 METADATA_FILE = "outputs/{id}_metadata.json"
 
 
-def check_switch(key: str, value: Any) -> bool:
-    """A writer's true/false setting (``intermediates=no`` is a string for Hydra: it would count as true)."""
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}={value}: true or false")
-    return value
-
-
 def check_image_settings(format: str, png_compress_level: int, quality: int, png_encoder: str = "auto") -> str:
     """Validate the image settings every writer shares (messages name ``writer.<key>``); return
     the PNG encoder to use (``check_png_encoder``)."""
@@ -77,7 +70,7 @@ class FolderWriter:
                  intermediates: bool = True, png_encoder: str = "auto"):
         self.png_encoder = check_image_settings(format, png_compress_level, quality, png_encoder)
         self.format, self.png_compress_level, self.quality = format, int(png_compress_level), int(quality)
-        self.intermediates = check_switch("writer.intermediates", intermediates)
+        self.intermediates = switch("writer.intermediates", intermediates)
         self.root: Path | None = None
 
     def open(self, run_dir: Path, **_: Any) -> None:

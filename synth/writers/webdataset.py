@@ -19,10 +19,10 @@ import webdataset as wds
 
 from synth.faults import printable
 from synth.files import to_json
-from synth.params import setting
+from synth.params import setting, switch
 from synth.sample import Sample
 from synth.writers.encoded import INTERMEDIATES, EncodedImages
-from synth.writers.folder import check_switch, sample_record
+from synth.writers.folder import sample_record
 from synth.writers.sharded import ShardedWriter
 
 log = logging.getLogger("synth")
@@ -42,7 +42,7 @@ class WebDatasetWriter(ShardedWriter):
         super().__init__(path, format, png_compress_level, quality, png_encoder)
         self.maxcount = setting("writer.maxcount", maxcount, 1, integer=True)
         self.maxsize = setting("writer.maxsize_mb", maxsize_mb, 0.001) * 1e6
-        intermediates = check_switch("writer.intermediates", intermediates)
+        intermediates = switch("writer.intermediates", intermediates)
         self.fields = dict(FIELDS, **({name: name for name in INTERMEDIATES} if intermediates else {}))
         self._sink: wds.ShardWriter | None = None
 
