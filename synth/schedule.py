@@ -295,13 +295,15 @@ def _with_images(sample: Sample, keep: Iterable[str]) -> Sample:
     return replace(sample, **{name: None for name in IMAGE_FIELDS if name not in keep})
 
 
-def _device_copy(sample: Sample, reads: Iterable[str], lent: dict[str, Any]) -> tuple[Sample, tuple[str, ...]]:
+def _device_copy(sample: Sample, reads: Iterable[str], lent: dict[str, Any]
+                 ) -> tuple[Sample, tuple[str, ...], dict[str, Any]]:
     """The copy of ``sample`` a device segment gets: the images it ``reads``, less those the main
     process still holds, unchanged, from the sample's previous device copy (``lent``: the same
-    arrays; a stage never changes an image in place that it did not make), named in ``kept``.
-    So BLIP does not get the photo again after SAM 3 had it."""
-    kept = tuple(name for name in reads if name in lent and getattr(sample, name) is lent[name])
-    return _with_images(sample, [name for name in reads if name not in kept]), kept
+    arrays; images are read-only), named in ``kept``; and the images the main process holds once
+    it has this copy (the next call's ``lent``). So BLIP does not get the photo again after SAM 3."""
+    holds = {name: getattr(sample, name) for name in reads if getattr(sample, name) is not None}
+    kept = tuple(name for name, image in holds.items() if lent.get(name) is image)
+    return _with_images(sample, [name for name in holds if name not in kept]), kept, holds
 
 
 def _merge(sample: Sample, update: tuple[Sample, dict[str, str]]) -> Sample:
@@ -364,9 +366,8 @@ def _worker_main(connection: Any, segments: dict[int, list[Stage]], last: int, l
             error = _crossable(err)
         sample = slot.sample
         if sample is not None and step < last:
-            copy, kept = _device_copy(sample, reads[step + 1], lent)
-            held[position] = (sample, {name: getattr(sample, name) for name in reads[step + 1]
-                                       if getattr(sample, name) is not None})
+            copy, kept, lent = _device_copy(sample, reads[step + 1], lent)
+            held[position] = (sample, lent)
             sample = copy
         elif sample is not None and not keep_images(sample.index):
             sample = _with_images(sample, ())  # written already
