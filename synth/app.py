@@ -23,6 +23,7 @@ from synth.errors import ConfigError, OutputError
 from synth.faults import EXIT_CONFIG_ERROR, JOB_ERRORS, check_creatable, exit_code_of, printable
 from synth.params import switch
 from synth.runner import STAGE_GROUPS, Runner
+from synth.settings import output_settings
 from synth.stages.segmentation import MaskFolder
 
 log = logging.getLogger("synth")
@@ -77,6 +78,7 @@ def build_runner(cfg: DictConfig, run_dir: Path) -> Runner:
         resume=switch("resume", cfg.resume),
         progress_every_s=cfg.get("progress_every_s", 30),
         max_failure_rate=cfg.get("max_failure_rate", 0.1),
+        settings=output_settings(OmegaConf.to_container(cfg, resolve=True), STAGE_GROUPS),
     )
 
 

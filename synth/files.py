@@ -27,6 +27,24 @@ def atomic_write(path: Path, data: bytes | Iterable[bytes]) -> None:
         raise
 
 
+def create_exclusive(path: Path, data: bytes) -> None:
+    """Create ``path`` holding ``data`` in one step, or raise FileExistsError: written to a
+    temporary file, then hard-linked into place. Created empty and then written, it could be
+    read empty by another process starting at the same moment."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    tmp.write_bytes(data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: exclusive create, then write
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def to_json(obj: Any, indent: int | None = 2) -> str:
     """JSON text as every metadata file has it (sorted keys, numpy values as plain numbers)."""
     return json.dumps(obj, indent=indent, sort_keys=True, default=_jsonable)

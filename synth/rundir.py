@@ -3,7 +3,8 @@ job's state does not grow with its number of samples:
 
 * ``synth.lock``: the pid of the job running there (a second job is refused);
 * ``manifest.jsonl``: the inputs of this shard (id, path, size, mtime) as the first run listed
-  them, so that a rerun never maps an id to another file;
+  them, so that a rerun never maps an id to another file; its header records the settings the
+  samples depend on (``synth.settings``), so that a rerun never mixes samples made two ways;
 * ``samples.jsonl`` / ``failures.jsonl``: one JSON line per committed / failed sample, appended
   in input order as it happens (a torn last line after a SIGKILL is cut off on the next run);
 * ``TimingStats``: per-stage milliseconds as bounded streaming statistics for ``metadata.json``.
@@ -13,6 +14,7 @@ Sharded jobs (``data.num_shards`` > 1) name the per-shard files ``samples-0003.j
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -26,7 +28,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 from synth.errors import ConfigError, OutputError
 from synth.faults import as_output_error, printable
-from synth.files import atomic_write, to_json
+from synth.files import atomic_write, create_exclusive, to_json
+from synth.settings import first_difference
 
 log = logging.getLogger("synth")
 
@@ -85,21 +88,9 @@ class RunLock:
         return self
 
     def _create(self) -> None:
-        """Create the lock with our pid in it in one step (FileExistsError if there is one): written
-        to a temporary file, then hard-linked into place. Created empty and then written, it could
-        be seen empty, which counts as stale, by a job starting at the same moment."""
-        tmp = self.path.with_name(f".{LOCK_FILE}.{os.getpid()}.new")
-        tmp.write_text(self.mine)
-        try:
-            os.link(tmp, self.path)
-        except FileExistsError:
-            raise
-        except OSError:  # a file system without hard links: exclusive create, then write
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            with os.fdopen(fd, "w") as f:
-                f.write(self.mine)
-        finally:
-            tmp.unlink(missing_ok=True)
+        """Create the lock with our pid in it in one step (FileExistsError if there is one): an
+        empty lock counts as stale, so it must never be seen empty."""
+        create_exclusive(self.path, self.mine.encode())
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.HEARTBEAT_S):
@@ -273,10 +264,12 @@ class InputsChanged(ConfigError):
 
 
 def check_manifest(path: Path, entries: Callable[[], Iterable[tuple[int, str, str, int, int]]],
-                   total: int, start_over: bool = False, num_shards: int = 1) -> None:
+                   total: int, start_over: bool = False, num_shards: int = 1,
+                   settings: dict[str, Any] | None = None) -> Callable[[], None]:
     """Compare this shard's inputs (``entries()`` yields ``(index, id, path, size, mtime_ns)``)
-    with ``path``, the manifest of the run directory's first run; write it when missing, grown
-    or ``start_over``.
+    with ``path``, the manifest of the run directory's first run. Returns the write to make once
+    the job's other checks (its writers') pass: the manifest when missing, grown or
+    ``start_over``, else nothing. So a job refused later does not leave its settings recorded.
 
     Safe (returns): the same inputs, or inputs added after the last old one (new ids), or the
     last ones gone (their outputs stay). Anything else raises InputsChanged naming the first
@@ -284,12 +277,16 @@ def check_manifest(path: Path, entries: Callable[[], Iterable[tuple[int, str, st
 
     A run directory holds the shards of one ``num_shards`` only (also with ``start_over``): a
     manifest of another sharding raises ConfigError, since its job's records hold ids this job
-    would record again in its own ``samples*.jsonl``."""
-    _check_sharding(path, num_shards)
+    would record again in its own ``samples*.jsonl``.
+
+    The same for ``settings`` (``synth.settings.output_settings``): a manifest that records other
+    ones raises ConfigError, its own unless ``start_over``, another shard's always (its samples
+    stay). A manifest without settings (written before they were recorded) is not compared."""
+    _check_siblings(path, num_shards, settings, start_over)
     header = next(read_jsonl(path), None)
+    write = functools.partial(_manifest_lines, total=total, num_shards=num_shards, settings=settings)
     if start_over or header is None or header.get("manifest") != 1:
-        _write_atomically(path, _manifest_lines(entries(), total, num_shards))
-        return
+        return lambda: _write_atomically(path, write(entries()))
     olds = _manifest_entries(path)
     new = first_new = None
     for index, sid, source, size, mtime in entries():  # check everything before writing anything
@@ -317,13 +314,14 @@ def check_manifest(path: Path, entries: Callable[[], Iterable[tuple[int, str, st
                     "their outputs stay", gone)
     if new:
         log.info("%d new inputs since this run directory's first run: ids from %s on", new, first_new)
-        _write_atomically(path, _manifest_lines(entries(), total, num_shards))
+        return lambda: _write_atomically(path, write(entries()))
+    return lambda: None
 
 
-def _check_sharding(path: Path, num_shards: int) -> None:
+def _check_siblings(path: Path, num_shards: int, settings: dict[str, Any] | None, start_over: bool) -> None:
     """Raise ConfigError when a manifest beside ``path`` (this job's) was written by a job of
     another ``data.num_shards`` (``manifest.jsonl``: 1; older sharded manifests without the key
-    are only known to be sharded)."""
+    are only known to be sharded) or with other settings (``path`` itself: unless ``start_over``)."""
     for other in sorted(path.parent.glob("manifest*.jsonl")):
         sharded = re.fullmatch(r"manifest-\d{4}\.jsonl", other.name)
         if not sharded and other.name != "manifest.jsonl":
@@ -334,6 +332,19 @@ def _check_sharding(path: Path, num_shards: int) -> None:
             raise ConfigError(f"data.num_shards={num_shards}: this run directory holds the samples of a job with "
                               f"data.num_shards={theirs or 'more than 1'} ({other.name}); a job of another sharding "
                               f"would record some ids twice: use another hydra.run.dir")
+        recorded = header.get("settings")
+        if settings is None or not isinstance(recorded, dict) or (start_over and other.name == path.name):
+            continue
+        difference = first_difference(recorded, settings)
+        if difference is None:
+            continue
+        now, then = difference
+        if other.name == path.name:
+            raise ConfigError(f"{now}: this run directory's samples were made with {then} ({other.name}) and "
+                              f"would be kept beside this job's; rerun into a new hydra.run.dir, or resume=false "
+                              f"to start this one over")
+        raise ConfigError(f"{now}: the samples of another shard in this run directory were made with {then} "
+                          f"({other.name}); use another hydra.run.dir")
 
 
 def _write_atomically(path: Path, blocks: Iterable[bytes]) -> None:
@@ -343,11 +354,15 @@ def _write_atomically(path: Path, blocks: Iterable[bytes]) -> None:
         raise as_output_error(err) from err
 
 
-def _manifest_lines(entries, total: int, num_shards: int = 1) -> Iterator[bytes]:
-    """The manifest, encoded in blocks: a header object, then one compact JSON array per input,
-    ``[index, id, path, size, mtime_ns]`` (formatted by hand: a million lines in seconds)."""
-    yield (json.dumps({"manifest": 1, "total": total, "num_shards": num_shards,
-                       "fields": ["index", "id", "path", "size", "mtime_ns"]}) + "\n").encode()
+def _manifest_lines(entries, total: int, num_shards: int = 1, settings: dict[str, Any] | None = None) -> Iterator[bytes]:
+    """The manifest, encoded in blocks: a header object (with the job's settings), then one
+    compact JSON array per input, ``[index, id, path, size, mtime_ns]`` (formatted by hand: a
+    million lines in seconds)."""
+    header = {"manifest": 1, "total": total, "num_shards": num_shards,
+              "fields": ["index", "id", "path", "size", "mtime_ns"]}
+    if settings is not None:
+        header["settings"] = dict(sorted(settings.items()))
+    yield (json.dumps(header) + "\n").encode()
     block: list[str] = []
     for index, sid, source, size, mtime in entries:
         block.append(f'[{index},"{sid}",{json.dumps(source)},{size},{mtime}]\n')

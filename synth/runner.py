@@ -101,7 +101,8 @@ class Runner:
     def __init__(self, source: ImageFolder, stages: Sequence[Stage], writers: Sequence[Any],
                  logger: Any = None, run_dir: str | Path = ".", seed: int = 0, batch_size: int = 4,
                  num_workers: int | str = "auto", device: str = "auto", resume: bool = True,
-                 progress_every_s: float = 30.0, max_failure_rate: float = 0.1, workers: str = "auto"):
+                 progress_every_s: float = 30.0, max_failure_rate: float = 0.1, workers: str = "auto",
+                 settings: dict[str, Any] | None = None):
         self.batch_size = setting("batch_size", batch_size, 1, integer=True)
         self.num_workers = worker_count(num_workers)
         self.workers = worker_kind(workers, self.num_workers)  # threads | processes
@@ -111,6 +112,7 @@ class Runner:
         self.source, self.stages, self.writers = source, list(stages), list(writers)
         self.logger = logger or NullLogger()
         self.run_dir, self.device, self.resume = Path(run_dir), device, resume
+        self.settings = settings  # what the samples depend on (synth.settings): a resume with others is refused
         self.max_failure_rate = check_max_failure_rate(max_failure_rate)
         shards = getattr(source, "num_shards", 1), getattr(source, "shard_index", 0)
         self.samples_path = shard_file(self.run_dir, "samples", *shards)
@@ -233,11 +235,12 @@ class Runner:
         try:
             self.source.skip(self.run_dir)  # never our own outputs as inputs
             total = self.source.total
-            check_manifest(self.manifest_path, self.source.entries, total, start_over=not self.resume,
-                           num_shards=getattr(self.source, "num_shards", 1))
+            write_manifest = check_manifest(self.manifest_path, self.source.entries, total, start_over=not self.resume,
+                                            num_shards=getattr(self.source, "num_shards", 1), settings=self.settings)
             for writer in self.writers:
                 writer.open(self.run_dir, resume=self.resume, shard_index=getattr(self.source, "shard_index", 0),
-                            source=self.source)
+                            source=self.source, settings=self.settings)
+            write_manifest()
             self._resume_state()
             return self._process(config, started)
         finally:

@@ -169,18 +169,18 @@ def test_csv_field_over_the_csv_limit_is_one_config_error(tmp_path):
 
 # --- writer.format changed on resume -------------------------------------------------------------
 def test_a_sample_that_fails_after_a_format_change_leaves_none_of_its_earlier_files(tmp_path):
-    """Fix: FolderWriter.discard removes the sample's files in every format. Without it a resume
+    """Fix: FolderWriter.discard removes the sample's files in every format. Without it a rerun
     with writer.format=jpg removed only .jpg names: the earlier run's .png images of a sample
-    that now failed stayed (README: a failed sample leaves no files, from this run or an earlier one)."""
+    that now failed stayed (README: a failed sample leaves no files, from this run or an earlier
+    one). A resume with another format is refused (test_settings); starting over is not."""
     from tests.test_robustness_run import files_of
 
     data, run_dir = photos(tmp_path / "in", 2), tmp_path / "run"
     run_job(data, run_dir)
-    (run_dir / "stage_2" / "000000_albedo.png").unlink()  # incomplete: redone by the resume
-    summary = run_job(data, run_dir, "writer.format=jpg", "data.min_side=1000", "max_failure_rate=1")
-    assert [f["id"] for f in summary["failures"]] == ["000000"]
-    assert files_of(run_dir, "000000") == []
-    assert len(files_of(run_dir, "000001")) > 5  # complete: skipped, kept
+    assert len(files_of(run_dir, "000000")) > 5
+    summary = run_job(data, run_dir, "writer.format=jpg", "resume=false", "data.min_side=1000", "max_failure_rate=1")
+    assert sorted(f["id"] for f in summary["failures"]) == ["000000", "000001"]
+    assert files_of(run_dir, "000000") == files_of(run_dir, "000001") == []
 
 
 # --- a mask folder inside data.path --------------------------------------------------------------

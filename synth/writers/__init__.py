@@ -3,7 +3,9 @@ and ``writers=[webdataset,hf]`` adds more to the same job.
 
 The interface (the runner calls it):
 
-* ``open(run_dir, resume=..., shard_index=...)`` once, before the first sample;
+* ``open(run_dir, resume=..., shard_index=..., source=..., settings=...)`` once, before the
+  first sample (``source``: the job's listing; ``settings``: what its samples depend on, for a
+  writer that keeps them outside the run directory to compare, see ``synth.settings``);
 * ``is_complete(id) -> bool``: the writer already has this sample (resume skips a sample only
   when every writer has it, and passes a resumed sample only to the writers that lack it);
 * ``write(sample, images)`` from worker threads or processes, one sample per call; returns the

@@ -18,6 +18,7 @@ order and appends it, so a job's shards have the same content and order every ti
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -26,12 +27,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from synth.faults import as_output_error, printable
-from synth.errors import ConfigError, one_line
+from synth.errors import ConfigError, OutputError, one_line
+from synth.files import atomic_write_json, create_exclusive, to_json
 from synth.sample import Sample
+from synth.settings import WRITER_PREFIX, first_difference, writer_name
 from synth.writers.encoded import EncodedImages
 from synth.writers.folder import check_image_settings
 
 log = logging.getLogger("synth")
+
+SETTINGS_FILE = ".synth-settings.json"  # hidden: readers glob shards, and Hugging Face skips dot files
 
 
 @contextmanager
@@ -65,6 +70,11 @@ class ShardedWriter:
     subdir = ""  # where the shards go inside it
     prefix = "shard"
     suffix = ""
+
+    @property
+    def name(self) -> str:
+        """The config option (``webdataset``, ``hf``): names its settings and keys in errors."""
+        return writer_name(f"{type(self).__module__}.{type(self).__name__}")
 
     def __init__(self, path: str | None = None, format: str = "png", png_compress_level: int = 1,
                  quality: int = 95, png_encoder: str = "auto"):
@@ -137,6 +147,46 @@ class ShardedWriter:
                                   f"but this job's {sample_id} is {printable(source.paths[index])}: this folder "
                                   f"holds another job's dataset; use another writer.path (writers.NAME.path)")
 
+    def _check_settings(self, settings: dict[str, Any], resume: bool) -> None:
+        """Record the settings this folder's samples are made with (``SETTINGS_FILE``), or raise
+        ConfigError when it holds samples made with others (named by their first difference):
+        always when another shard index's shards are there, unless ``resume=false`` otherwise.
+        The first of several jobs starting at once records its settings; the others compare."""
+        mine = {key: value for key, value in settings.items()
+                if not key.startswith(WRITER_PREFIX) or key.startswith(f"{WRITER_PREFIX}{self.name}.")}
+        path = self.dir / SETTINGS_FILE
+        for _ in range(2):  # a second pass: another job created the file between our read and link
+            try:
+                recorded = json.loads(path.read_bytes())
+            except FileNotFoundError:
+                recorded = None
+            except (OSError, ValueError):  # unreadable: nothing to compare with
+                recorded = {}
+            if not isinstance(recorded, (dict, type(None))):
+                recorded = {}
+            difference = first_difference(recorded, mine) if recorded else None
+            if recorded is not None and difference is None:
+                if recorded != mine:
+                    atomic_write_json(path, mine)
+                return
+            if difference is not None:
+                others = any(p.name.startswith(f"{self.prefix}-") and not p.name.startswith(f"{self.prefix}-{self.shard_index:04d}-")
+                             for p in self.dir.glob(f"{self.prefix}-*{self.suffix}"))
+                if resume or others:
+                    now, then = difference
+                    raise ConfigError(f"{now}: the samples in {printable(str(self.dir))} were made with {then} "
+                                      f"({SETTINGS_FILE}) and would be kept beside this job's; use another "
+                                      f"writer.path (writers.{self.name}.path)"
+                                      + ("" if others else ", or resume=false to start this shard over"))
+                atomic_write_json(path, mine)  # start over, with nobody else's samples there
+                return
+            try:
+                create_exclusive(path, (to_json(mine) + "\n").encode())
+                return
+            except FileExistsError:
+                continue
+        raise OutputError(f"{printable(str(path))}: created and removed by other jobs while this one started; rerun")
+
     def _own_shards(self) -> dict[int, Path]:
         """This job's complete shards by sequence number."""
         pattern = re.compile(rf"{re.escape(self.prefix)}-{self.shard_index:04d}-(\d{{6}}){re.escape(self.suffix)}")
@@ -144,14 +194,18 @@ class ShardedWriter:
         return {int(m.group(1)): self.dir / m.group(0) for m in found if m}
 
     # -- the writer interface -------------------------------------------------------------------
-    def open(self, run_dir: Path, resume: bool = True, shard_index: int = 0, source: Any = None, **_: Any) -> None:
+    def open(self, run_dir: Path, resume: bool = True, shard_index: int = 0, source: Any = None,
+             settings: dict[str, Any] | None = None, **_: Any) -> None:
         """``source`` (the job's listing), on resume: every id in the folder's shards must have been
-        made from the input this job lists under it (``_check_sources``)."""
+        made from the input this job lists under it (``_check_sources``). ``settings``: what the
+        samples depend on (``synth.settings``), the same as the folder's (``_check_settings``)."""
         self.root = Path(self.path).expanduser() if self.path else Path(run_dir) / self.default_dir
         self.dir = self.root / self.subdir
         self.shard_index = int(shard_index)
         with output_errors():  # writer.path not writable, or a file: one line, exit 3
             self.dir.mkdir(parents=True, exist_ok=True)
+            if settings is not None:
+                self._check_settings(settings, resume)
             self._remove_stale_temps()
             if not resume:  # start over: this job's earlier shards would duplicate samples
                 for shard in self._own_shards().values():
