@@ -8,7 +8,8 @@ with the first difference.
 
 What counts: ``seed``, ``data.max_side`` (the images are resized to it), every key of the stage
 groups but ``batch_size`` and ``device`` (they change how fast, not what; model stages stay
-within float rounding), and each writer's ``format`` (and ``quality`` for webp/jpg). Not: the
+within float rounding), and each writer's ``format`` (and ``quality`` for webp/jpg) and
+``intermediates``. Not: the
 inputs (the manifest checks those), workers, logging, shard sizes, PNG encoder and level
 (lossless: the same pixels). Settings are flattened to dotted keys (``shadow.opacity``).
 """
@@ -39,11 +40,14 @@ def writer_name(target: str) -> str:
 
 
 def writer_settings(name: str, writer: Mapping[str, Any]) -> dict[str, Any]:
-    """A writer's entry: the image format, and the quality when the format is lossy."""
+    """A writer's entry: the image format, the quality when the format is lossy, and whether it
+    writes the intermediates (a reader expects the same files or fields in every sample)."""
     fmt = writer.get("format", "png")
     entry: dict[str, Any] = {f"{WRITER_PREFIX}{name}.format": fmt}
     if fmt != "png":
         entry[f"{WRITER_PREFIX}{name}.quality"] = writer.get("quality")
+    if "intermediates" in writer:
+        entry[f"{WRITER_PREFIX}{name}.intermediates"] = writer["intermediates"]
     return entry
 
 

@@ -35,13 +35,14 @@ def test_settings_are_the_sample_shaping_keys_and_leave_out_speed_and_logging():
               "captioning": {"_target_": "synth.stages.captioning.TemplateCaption", "template": "t"},
               "logger": {"project": "p"},
               "writer": {"_target_": "synth.writers.folder.FolderWriter", "format": "png", "quality": 95,
-                         "png_encoder": "fpng", "png_compress_level": 1},
+                         "png_encoder": "fpng", "png_compress_level": 1, "intermediates": False},
               "writers": {"hf": {"_target_": "synth.writers.hf.HFDatasetWriter", "format": "jpg", "quality": 90,
                                  "rows_per_shard": 10}}}
     assert output_settings(config, ("segmentation", "shadow", "captioning")) == {
         "seed": 3, "data.max_side": 2048, "shadow.opacity": [0.2, 0.5], "shadow.cast.blur": 5,
         "captioning._target_": "synth.stages.captioning.TemplateCaption", "captioning.template": "t",
-        "writer:folder.format": "png", "writer:hf.format": "jpg", "writer:hf.quality": 90}
+        "writer:folder.format": "png", "writer:folder.intermediates": False, "writer:hf.format": "jpg",
+        "writer:hf.quality": 90}
 
 
 def test_the_first_difference_names_both_values_and_a_writer_only_one_side_has_is_no_difference():
@@ -64,6 +65,8 @@ def test_the_first_difference_names_both_values_and_a_writer_only_one_side_has_i
     ("seed=1", r"seed=1: .* made with seed=0 "),
     ("~captioning", r"no captioning: .* made with captioning=synth\.stages\.captioning\.TemplateCaption "),
     ("writer.format=webp", r"the folder writer's format=webp: .* made with the folder writer's format=png "),
+    ("writer.intermediates=false", r"the folder writer's intermediates=false: .* made with the folder writer's "
+                                   r"intermediates=true "),
     ("albedo.sigmas=[10,20]", r"albedo\.sigmas=\[10, 20\]: "),
 ])
 def test_a_rerun_with_other_settings_is_refused_and_changes_nothing(tmp_path, change, named):
