@@ -3,6 +3,8 @@ measured visibility (a shadow on a small part of the subject reads "a few thin b
 
 from __future__ import annotations
 
+import string
+
 from synth.errors import ConfigError
 from synth.sample import Sample
 from synth.stages.base import Stage
@@ -86,13 +88,34 @@ def describe_degradation(sample: Sample) -> str:
 
 
 def check_template(template: str, fields: tuple[str, ...]) -> str:
-    """``captioning.template``, unless it uses a placeholder other than ``fields``."""
+    """``captioning.template``, unless it is not text, is blank or uses anything but the plain
+    placeholders ``fields``: ``{degradation.upper}``, ``{degradation[0]}``, ``{subject!r}`` or
+    ``{subject:>9}`` would each write a mangled caption into every sample."""
+    allowed = ", ".join("{" + name + "}" for name in fields)
+    if not isinstance(template, str) or not template.strip():
+        raise ConfigError(f"captioning.template={template!r}: must be text using {allowed}")
     try:
-        template.format(**{name: "x" for name in fields})
-    except (KeyError, IndexError, ValueError) as err:
-        allowed = ", ".join("{" + name + "}" for name in fields)
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:  # a stray { or }
         raise ConfigError(f"captioning.template={template!r}: only {allowed} may be used ({err})") from None
+    for _, name, spec, conversion in parsed:
+        if name is None:  # literal text
+            continue
+        if name not in fields:
+            raise ConfigError(f"captioning.template={template!r}: only {allowed} may be used ({name!r})")
+        if spec or conversion:
+            shown = "{" + name + ("!" + conversion if conversion else "") + (":" + spec if spec else "") + "}"
+            raise ConfigError(f"captioning.template={template!r}: only {allowed} may be used, as they are "
+                              f"({shown} has a conversion or format)")
     return template
+
+
+def check_subject(subject: object) -> str:
+    """``captioning.subject``: text (a number Hydra parsed is taken as its text), never a list
+    or mapping that would be written into every caption as Python's repr."""
+    if isinstance(subject, bool) or not isinstance(subject, (str, int, float)) or not str(subject).strip():
+        raise ConfigError(f"captioning.subject={subject!r}: must be text, e.g. captioning.subject=person")
+    return str(subject)
 
 
 class TemplateCaption(Stage):
@@ -104,7 +127,8 @@ class TemplateCaption(Stage):
     provides = ("caption",)
 
     def __init__(self, template: str = "remove {degradation} from the {subject}", subject: str = "subject"):
-        self.template, self.subject = check_template(template, ("degradation", "subject")), subject
+        self.template = check_template(template, ("degradation", "subject"))
+        self.subject = check_subject(subject)
 
     def process_sample(self, sample: Sample) -> None:
         sample.caption = self.template.format(degradation=describe_degradation(sample), subject=self.subject)

@@ -20,7 +20,7 @@ from synth.params import setting
 from synth.errors import ConfigError, SampleError, one_line
 from synth.sample import Sample
 from synth.stages.base import Stage, check_cuda, resolve_device
-from synth.stages.captioning import check_template, describe_degradation
+from synth.stages.captioning import check_subject, check_template, describe_degradation
 from synth.stages.models.loading import check_device, check_dtype, infer_backing_off, resolve_dtype
 from synth.stages.segmentation import empty_mask_reason, set_mask
 
@@ -244,7 +244,7 @@ class ModelCaption(ModelStage):
     def __init__(self, template: str = "{text}", subject: str = "subject", **kwargs: Any):
         super().__init__(**kwargs)
         self.template = check_template(template, ("degradation", "subject", self.text_field))
-        self.subject = subject
+        self.subject = check_subject(subject)
 
     def apply(self, sample: Sample, result: str) -> None:
         text = clean_text(result)

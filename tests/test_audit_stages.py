@@ -1,0 +1,64 @@
+"""Found by a hostile-user audit of image inputs, segmentation, stage parameters and the model
+stages' configuration: ways a job could end with a wrong dataset, fail every sample over a
+setting it should have refused, or end in a traceback. Each test fails without the fix it names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synth.errors import ConfigError
+from synth.stages.captioning import TemplateCaption
+from tests.conftest import compose_config
+from tests.test_robustness_run import photo, run_job
+
+
+def photos(folder: Path, count: int = 2) -> Path:
+    for i in range(count):
+        photo(folder / f"p{i}.png", h=48, w=64, seed=i)
+    return folder
+
+
+FAST = ("segmentation.work_size=64", "segmentation.iterations=1")
+
+
+# --- captioning.template and captioning.subject -------------------------------------------------
+@pytest.mark.parametrize("template, shown", [
+    ("remove {degradation.upper} from the {subject}", "'degradation.upper'"),  # caption "<built-in method upper ...>"
+    ("remove {degradation[0]} from the {subject}", r"'degradation\[0\]'"),  # caption "remove t from ..."
+    ("remove {degradation.foo}", "'degradation.foo'"),  # was "captioning: 'str' object has no attribute 'foo'"
+    ("remove {degradation} from the {subject!r}", r"\{subject!r\} has a conversion or format"),
+    ("remove {degradation} from the {subject:>30}", r"\{subject:>30\} has a conversion or format"),
+])
+def test_a_template_placeholder_with_attribute_index_or_format_is_refused(template, shown):
+    """Fix: captioning.check_template parses the template and takes only the plain placeholders.
+    It used to try template.format(degradation="x", subject="x"), which '{degradation.upper}',
+    '{degradation[0]}' and '{subject!r}' pass: the job ended 0 with every caption reading
+    '<built-in method upper of str object at 0x...>', 't' or "'subject'"."""
+    with pytest.raises(ConfigError, match=r"^captioning\.template='.*': only \{degradation\}, \{subject\} may be used.*"
+                                          + shown):
+        TemplateCaption(template=template)
+
+
+@pytest.mark.parametrize("template", ["", "   ", 123])
+def test_a_blank_or_non_text_template_is_refused(template):
+    """Fix: check_template refuses what is not text or is blank. An empty template gave every sample the
+    caption '' (exit 0); captioning.template=123 ended in "captioning: 'int' object has no attribute 'format'"."""
+    with pytest.raises(ConfigError, match=r"^captioning\.template=.*: must be text using \{degradation\}, \{subject\}$"):
+        TemplateCaption(template=template)
+
+
+def test_plain_placeholders_and_escaped_braces_still_work():
+    stage = TemplateCaption(template="{{edit}} remove {degradation} from the {subject}", subject=2024)
+    assert stage.template.startswith("{{edit}}") and stage.subject == "2024"  # Hydra reads subject=2024 as a number
+
+
+@pytest.mark.parametrize("subject", [["a", "b"], {"a": 1}, None, "", True])
+def test_a_subject_that_is_not_text_is_refused(subject):
+    """Fix: captioning.check_subject. captioning.subject=[a,b] ended 0 with every caption reading
+    "remove the soft striped shadow from the ['a', 'b']"."""
+    with pytest.raises(ConfigError, match=r"^captioning\.subject=.*: must be text"):
+        TemplateCaption(subject=subject)
