@@ -62,3 +62,22 @@ def test_a_subject_that_is_not_text_is_refused(subject):
     "remove the soft striped shadow from the ['a', 'b']"."""
     with pytest.raises(ConfigError, match=r"^captioning\.subject=.*: must be text"):
         TemplateCaption(subject=subject)
+
+
+# --- experiments combined with other groups --------------------------------------------------------
+@pytest.mark.parametrize("experiment", ["sun_shadows", "shadow_removal"])
+@pytest.mark.parametrize("captioning, placeholder", [("blip", "{caption}"), ("vlm", "{keywords}")])
+def test_an_experiment_keeps_a_model_captions_template(experiment, captioning, placeholder):
+    """Fix: the experiments no longer set captioning.template (they set the template option's own
+    default). With experiment=sun_shadows captioning=blip the BLIP template lost {caption}: the model
+    ran on every image and its caption was thrown away, 'remove ... from the subject' (exit 0)."""
+    cfg = compose_config(f"experiment={experiment}", f"captioning={captioning}")
+    assert placeholder in cfg.captioning.template
+
+
+@pytest.mark.parametrize("experiment", ["sun_shadows", "shadow_removal"])
+def test_an_experiment_without_captioning_runs(tmp_path, experiment):
+    """Same fix: experiment=sun_shadows ~captioning left captioning={template: ...} without a
+    _target_, and the job ended in AttributeError: 'dict' object has no attribute 'requires'."""
+    summary = run_job(photos(tmp_path / "in"), tmp_path / "run", f"experiment={experiment}", "~captioning", *FAST)
+    assert summary["exit_code"] == 0 and summary["done"] == 2
