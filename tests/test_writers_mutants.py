@@ -1,0 +1,276 @@
+"""Behaviour of the writers, the run directory and the settings check that hand-applied mutants
+showed no other test pins down: each test names the one-line change it catches."""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from synth.data import ImageFolder
+from synth.errors import ConfigError
+from synth.rundir import JsonlLog, RunLock, check_manifest, repair_torn_tail
+from synth.writers.encoded import EncodedImages
+from synth.writers.folder import FolderWriter
+from synth.writers.hf import ROW_GROUP, HFDatasetWriter
+from synth.writers.sharded import SETTINGS_FILE
+from synth.writers.webdataset import WebDatasetWriter
+from tests.conftest import make_sample
+from tests.test_audit import photos
+
+SETTINGS = {"seed": 0, "data.max_side": 1024}
+
+
+def commit_all(writer, samples) -> None:
+    for sample in samples:
+        writer.commit(sample, writer.write(sample))
+
+
+def shard_names(folder: Path, pattern: str = "*") -> list[str]:
+    return sorted(p.name for p in folder.glob(pattern) if not p.name.startswith("."))
+
+
+def tar_ids(shard: Path) -> list[str]:
+    with tarfile.open(shard) as tar:
+        return [m.name.split(".", 1)[0] for m in tar.getmembers() if m.name.endswith(".json")]
+
+
+# --- shards: names, sequence, publication --------------------------------------------------------
+def test_a_second_unreadable_shard_of_one_name_is_set_aside_beside_the_first(tmp_path):
+    # mutant: the `.corrupt.N` loop skipped, the second one renamed over the first
+    writer = WebDatasetWriter(maxcount=10)
+    writer.open(tmp_path)
+    shard = writer.dir / writer.shard_name(0)
+    (writer.dir / (shard.name + ".corrupt")).write_bytes(b"first")
+    shard.write_bytes(b"second")
+    WebDatasetWriter(maxcount=10).open(tmp_path)
+    assert (writer.dir / (shard.name + ".corrupt")).read_bytes() == b"first"
+    assert (writer.dir / (shard.name + ".corrupt.1")).read_bytes() == b"second"
+    assert not shard.exists()
+
+
+def test_new_shards_follow_the_highest_one_even_after_a_gap(tmp_path):
+    # mutant: next_seq = the number of shards (after a shard set aside, it overwrites the last one)
+    writer = WebDatasetWriter(maxcount=1)
+    writer.open(tmp_path)
+    commit_all(writer, [make_sample(index=i, size=16) for i in range(3)])
+    writer.close()
+    (writer.dir / writer.shard_name(1)).unlink()  # e.g. set aside, its sample redone by this run
+    writer = WebDatasetWriter(maxcount=1)
+    writer.open(tmp_path)
+    assert writer.next_seq == 3
+    commit_all(writer, [make_sample(index=1, size=16)])
+    writer.close()
+    assert {name: tar_ids(writer.dir / name) for name in shard_names(writer.dir, "*.tar")} == {
+        writer.shard_name(0): ["000000"], writer.shard_name(2): ["000002"], writer.shard_name(3): ["000001"]}
+
+
+def test_a_full_tar_shard_is_published_at_once_not_when_the_next_sample_comes(tmp_path):
+    # mutant: `count > maxcount` (a full shard stays a temporary file: lost to a SIGKILL)
+    writer = WebDatasetWriter(maxcount=2)
+    writer.open(tmp_path)
+    commit_all(writer, [make_sample(index=i, size=16) for i in range(2)])
+    assert shard_names(writer.dir, "*.tar") == [writer.shard_name(0)]
+    assert list(writer.dir.glob(".*.tmp")) == []
+    writer.close()
+
+
+def test_a_stopped_parquet_shard_leaves_no_shard_when_the_writer_closes(tmp_path):
+    # mutant: _drop_shard keeps the buffered rows, which close() then publishes as a partial shard
+    writer = HFDatasetWriter(rows_per_shard=10)
+    writer.open(tmp_path)
+    commit_all(writer, [make_sample(index=i, size=16) for i in range(3)])
+    writer.stopped()
+    writer.close()
+    assert list(writer.dir.glob("*.parquet")) == [] and list(writer.dir.glob(".*.tmp")) == []
+
+
+def test_parquet_shards_are_written_in_row_groups_of_64(tmp_path):
+    # mutant: no flush per ROW_GROUP (one row group per shard: the whole shard in memory)
+    writer = HFDatasetWriter(rows_per_shard=1000)
+    writer.open(tmp_path)
+    commit_all(writer, [make_sample(index=i, size=8) for i in range(ROW_GROUP + 3)])
+    writer.close()
+    (shard,) = writer.dir.glob("*.parquet")
+    meta = pq.ParquetFile(shard).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [ROW_GROUP, 3]
+
+
+def test_a_sample_id_with_a_dot_is_refused(tmp_path):
+    # mutant: the dot check dropped (webdataset would split the key at the dot)
+    writer = WebDatasetWriter()
+    writer.open(tmp_path)
+    sample = make_sample(size=16)
+    sample.id = "0.1"
+    with pytest.raises(ValueError, match="contains a dot"):
+        writer.write(sample)
+
+
+# --- shards: what resume finds -------------------------------------------------------------------
+def test_shards_of_inputs_gone_at_the_end_of_the_listing_still_resume(tmp_path):
+    # mutant: `int(sample_id) > source.total` (the id one past the listing looked up: IndexError)
+    data = photos(tmp_path / "in", 3)
+    writer = WebDatasetWriter(maxcount=10)
+    writer.open(tmp_path / "run")
+    commit_all(writer, [make_sample(data / f"p{i}.png", index=i) for i in range(3)])
+    writer.close()
+    (data / "p2.png").unlink()  # the last input gone: its sample stays
+    writer = WebDatasetWriter(maxcount=10)
+    writer.open(tmp_path / "run", source=ImageFolder(str(data)))
+    assert all(writer.is_complete(f"{i:06d}") for i in range(3))
+
+
+def test_the_shards_of_another_shard_index_count_as_complete(tmp_path):
+    # mutant: resume reads only this job's own shards (ids are global: another job's are skipped too)
+    other = WebDatasetWriter()
+    other.open(tmp_path, shard_index=1)
+    commit_all(other, [make_sample(index=1, size=16)])
+    other.close()
+    writer = WebDatasetWriter()
+    writer.open(tmp_path, shard_index=0)
+    assert writer.is_complete("000001") and not writer.is_complete("000000")
+
+
+# --- .synth-settings.json ------------------------------------------------------------------------
+def settings_of(writer) -> dict:
+    return json.loads((writer.dir / SETTINGS_FILE).read_text())
+
+
+def test_resume_false_beside_another_shard_index_with_other_settings_is_refused(tmp_path):
+    # mutant: `if resume:` (resume=false would start over beside another job's samples)
+    other = WebDatasetWriter()
+    other.open(tmp_path, shard_index=1, settings=dict(SETTINGS, seed=0))
+    commit_all(other, [make_sample(index=1, size=16)])
+    other.close()
+    with pytest.raises(ConfigError, match=r"^seed=1: .* were made with seed=0 .*writers\.webdataset\.path\)$"):
+        WebDatasetWriter().open(tmp_path, shard_index=0, resume=False, settings=dict(SETTINGS, seed=1))
+
+
+def test_resume_false_records_the_new_settings(tmp_path):
+    # mutant: resume=false with other settings starts over but keeps the old settings file
+    writer = WebDatasetWriter()
+    writer.open(tmp_path, settings=dict(SETTINGS, seed=0))
+    writer = WebDatasetWriter()
+    writer.open(tmp_path, resume=False, settings=dict(SETTINGS, seed=1))
+    assert settings_of(writer)["seed"] == 1
+    WebDatasetWriter().open(tmp_path, resume=True, settings=dict(SETTINGS, seed=1))  # no error
+
+
+def test_a_shard_folder_records_only_its_own_writer_entries(tmp_path):
+    # mutant: every writer's entry recorded (a job changing only another writer's format is refused)
+    first = dict(SETTINGS, **{"writer:folder.format": "png", "writer:webdataset.format": "png"})
+    writer = WebDatasetWriter()
+    writer.open(tmp_path, settings=first)
+    assert settings_of(writer) == dict(SETTINGS, **{"writer:webdataset.format": "png"})
+    WebDatasetWriter().open(tmp_path, settings=dict(first, **{"writer:folder.format": "jpg"}))  # no error
+
+
+def test_a_settings_file_without_this_writers_entry_gets_it(tmp_path):
+    # mutant: a file that agrees but lacks an entry (an older version's) is left as it was
+    writer = WebDatasetWriter()
+    writer.open(tmp_path)
+    (writer.dir / SETTINGS_FILE).write_text(json.dumps(SETTINGS))
+    mine = dict(SETTINGS, **{"writer:webdataset.format": "png"})
+    WebDatasetWriter().open(tmp_path, settings=mine)
+    assert settings_of(writer) == mine
+
+
+# --- the folder layout ---------------------------------------------------------------------------
+def test_a_record_is_complete_only_when_it_lists_its_own_metadata_file(tmp_path):
+    # mutant: `has` returns True once the listed files are there, even when none is listed
+    writer = FolderWriter()
+    writer.open(tmp_path)
+    record = writer.write(make_sample(size=16))
+    assert writer.has(record)
+    assert not writer.has(dict(record, files=[]))
+    without = [f for f in record["files"] if not f["path"].endswith("_metadata.json")]
+    assert len(without) == len(record["files"]) - 1 and not writer.has(dict(record, files=without))
+
+
+def test_a_metadata_file_of_another_id_does_not_make_a_sample_complete(tmp_path):
+    # mutant: is_complete without the image_id check
+    writer = FolderWriter()
+    writer.open(tmp_path)
+    writer.write(make_sample(size=16))
+    writer.metadata_path("000001").write_bytes(writer.metadata_path("000000").read_bytes())
+    assert writer.is_complete("000000") and not writer.is_complete("000001")
+
+
+# --- encoding once for all writers ---------------------------------------------------------------
+def test_encoded_images_are_shared_only_between_equal_formats_and_qualities():
+    # mutants: the cache key without the format, or without the quality of lossy formats
+    images = EncodedImages(make_sample(size=64))
+    png, jpg = images.get("original", "png"), images.get("original", "jpg", quality=95)
+    assert png.startswith(b"\x89PNG") and jpg.startswith(b"\xff\xd8")
+    low = images.get("original", "jpg", quality=20)
+    assert low != jpg and len(low) < len(jpg)
+    assert images.get("original", "jpg", png_compress_level=9, quality=95) is jpg  # the PNG level: ignored
+
+
+# --- the run directory ---------------------------------------------------------------------------
+def test_a_torn_line_of_64_kib_leaves_the_line_before_it(tmp_path):
+    # mutant: `newline > 0` (a newline at the start of a 64 KiB chunk is missed: one line too many cut)
+    path = tmp_path / "samples.jsonl"
+    path.write_bytes(b'{"a": 1}\n' + b"x" * 65535)
+    assert repair_torn_tail(path) == 65535
+    assert path.read_bytes() == b'{"a": 1}\n'
+
+
+def test_a_jsonl_line_is_on_disk_as_soon_as_it_is_written(tmp_path):
+    # mutant: no flush after each line (a SIGKILLed job loses the lines it reported)
+    log = JsonlLog(tmp_path / "samples.jsonl")
+    log.write({"image_id": "000000"})
+    assert json.loads((tmp_path / "samples.jsonl").read_bytes()) == {"image_id": "000000"}
+    log.close()
+
+
+def test_releasing_a_lock_that_another_job_took_over_leaves_it(tmp_path):
+    # mutant: release removes synth.lock whoever holds it now
+    lock = RunLock(tmp_path).acquire()
+    theirs = json.dumps({"pid": 1, "host": "elsewhere"})
+    lock.path.write_text(theirs)
+    lock.release()
+    assert lock.path.read_text() == theirs
+
+
+def test_the_lock_heartbeat_touches_the_lock(tmp_path):
+    # mutant: no os.utime (a job on another node would take over a running job's lock)
+    lock = RunLock(tmp_path)
+    lock.path.write_text(lock.mine)
+    os.utime(lock.path, (0, 0))
+    beats = iter([False, True])  # one beat, then stopped
+    lock._stop.wait = lambda timeout: next(beats)
+    lock._heartbeat()
+    assert lock.path.stat().st_mtime > 0
+
+
+def entries(data: Path, count: int):
+    return lambda: [(i, f"{i:06d}", f"p{i}.png", 10, 20) for i in range(count)]
+
+
+def test_a_manifest_grows_with_inputs_added_at_the_end(tmp_path):
+    # mutant: new inputs leave the manifest as the first run wrote it
+    path = tmp_path / "manifest.jsonl"
+    check_manifest(path, entries(tmp_path, 2), 2)()
+    check_manifest(path, entries(tmp_path, 3), 3)()
+    lines = path.read_text().splitlines()
+    assert json.loads(lines[0])["total"] == 3 and json.loads(lines[-1]) == [2, "000002", "p2.png", 10, 20]
+
+
+def test_resume_false_still_refuses_another_shards_manifest_with_other_settings(tmp_path):
+    # mutant: start_over skips the settings of every manifest, not only this job's own
+    check_manifest(tmp_path / "manifest-0001.jsonl", entries(tmp_path, 2), 2, num_shards=2, settings={"seed": 0})()
+    with pytest.raises(ConfigError, match=r"^seed=1: the samples of another shard .*manifest-0001\.jsonl"):
+        check_manifest(tmp_path / "manifest-0000.jsonl", entries(tmp_path, 2), 2, start_over=True, num_shards=2,
+                       settings={"seed": 1})
+
+
+def test_files_named_like_manifests_but_not_synths_are_not_compared(tmp_path):
+    # mutant: every manifest*.jsonl counts (a user's manifest-old.jsonl would refuse the job)
+    (tmp_path / "manifest-old.jsonl").write_text(json.dumps({"manifest": 1, "num_shards": 5}) + "\n")
+    check_manifest(tmp_path / "manifest.jsonl", entries(tmp_path, 2), 2, settings={"seed": 0})()
+    assert (tmp_path / "manifest.jsonl").exists()
