@@ -31,6 +31,10 @@ log = logging.getLogger("synth")
 
 def build(cfg: DictConfig, key: str) -> Any:
     """instantiate(cfg[key]) with a one-line ConfigError instead of Hydra's wrapped traceback."""
+    node = cfg[key]
+    if isinstance(node, DictConfig) and "_target_" not in node:  # instantiate would return the dict itself
+        raise ConfigError(f"{key}: no option of this group is selected (~{key}), yet {key}.{next(iter(node), '')} "
+                          f"is set (e.g. by experiment=...); select one, {key}=..., or leave out what sets it")
     try:
         return instantiate(cfg[key], _convert_="all")
     except InstantiationException as err:

@@ -81,3 +81,13 @@ def test_an_experiment_without_captioning_runs(tmp_path, experiment):
     _target_, and the job ended in AttributeError: 'dict' object has no attribute 'requires'."""
     summary = run_job(photos(tmp_path / "in"), tmp_path / "run", f"experiment={experiment}", "~captioning", *FAST)
     assert summary["exit_code"] == 0 and summary["done"] == 2
+
+
+def test_a_removed_stage_whose_keys_an_experiment_sets_is_one_config_error(tmp_path):
+    """Fix: app.build refuses a group node without _target_. experiment=sun_shadows ~shadow left
+    shadow={base: foreground, opacity: ...}, which Hydra 'instantiated' as that dict: the job ended in
+    AttributeError: 'dict' object has no attribute 'requires' (a traceback, exit 1)."""
+    with pytest.raises(ConfigError, match=r"^shadow: no option of this group is selected \(~shadow\), yet shadow\.base "
+                                          r"is set \(e\.g\. by experiment=\.\.\.\)"):
+        run_job(photos(tmp_path / "in"), tmp_path / "run", "experiment=sun_shadows", "~shadow", *FAST)
+    assert not (tmp_path / "run").exists()
