@@ -91,3 +91,25 @@ def test_a_removed_stage_whose_keys_an_experiment_sets_is_one_config_error(tmp_p
                                           r"is set \(e\.g\. by experiment=\.\.\.\)"):
         run_job(photos(tmp_path / "in"), tmp_path / "run", "experiment=sun_shadows", "~shadow", *FAST)
     assert not (tmp_path / "run").exists()
+
+
+# --- segmentation settings ---------------------------------------------------------------------------
+@pytest.mark.parametrize("suffix", ["/m.png", "sub/m.png", None, 123, ["a"], ""])
+def test_a_mask_suffix_that_cannot_name_a_file_is_one_config_error(tmp_path, suffix):
+    """Fix: MaskFolder checks segmentation.suffix when built. Every sample used to fail at segmentation
+    with "ValueError: Invalid name 'p0/m.png'" or "TypeError: can only concatenate str (not "NoneType")
+    to str" (exit 1, the run directory written) instead of one line, exit 2, before any image is read."""
+    from synth.stages.segmentation import MaskFolder
+
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(ConfigError, match=r"^segmentation\.suffix=.*: must be the text after each input's stem"):
+        MaskFolder(path=str(tmp_path / "masks"), suffix=suffix)
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.001])
+def test_grabcut_with_margin_zero_segments(tmp_path, margin):
+    """Fix: GrabCut keeps at least one pixel of background outside its rectangle. segmentation.margin=0
+    (allowed: [0, 0.5)) made the rectangle the whole frame and every sample failed with OpenCV's
+    "(-215:Assertion failed) !bgdSamples.empty() && !fgdSamples.empty() in function 'initGMMs'"."""
+    summary = run_job(photos(tmp_path / "in"), tmp_path / "run", f"segmentation.margin={margin}", *FAST)
+    assert summary["failed"] == 0 and summary["done"] == 2

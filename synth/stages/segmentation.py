@@ -77,8 +77,11 @@ class GrabCut(Stage):
         sh, sw = max(8, round(h * scale)), max(8, round(w * scale))
         small = resize(sample.image, (sh, sw))
         bgr = np.ascontiguousarray(small[:, :, ::-1])
-        rect = (round(sw * self.margin), round(sh * self.margin),
-                max(1, round(sw * (1 - 2 * self.margin))), max(1, round(sh * (1 - 2 * self.margin))))
+        # at least one pixel of background on the top and left (margin 0, or a margin that rounds to
+        # 0 px): GrabCut needs background samples, and failed every image without them
+        x, y = max(1, round(sw * self.margin)), max(1, round(sh * self.margin))
+        rect = (x, y, max(1, min(round(sw * (1 - 2 * self.margin)), sw - x)),
+                max(1, min(round(sh * (1 - 2 * self.margin)), sh - y)))
         labels = np.zeros((sh, sw), np.uint8)
         # GrabCut's GMM initialisation draws from cv2's global RNG: seed it per sample.
         cv2.setRNGSeed(int(sample.rng("segmentation.grabcut").integers(2**31)))
@@ -129,6 +132,9 @@ class MaskFolder(Stage):
         self.path = Path(path).expanduser()
         if not self.path.is_dir():
             raise ConfigError(f"segmentation.path={path}: not a directory")
+        if not isinstance(suffix, str) or not suffix or "/" in suffix or os.sep in suffix or "\0" in suffix:
+            raise ConfigError(f"segmentation.suffix={suffix}: must be the text after each input's stem in its "
+                              "mask's file name, without a folder, e.g. .png or _mask.png")
         self.suffix = suffix
         self.limits = Limits(min_side=1, max_side=None, max_pixels=max_pixels,
                              formats=("PNG", "TIFF", "BMP", "JPEG", "WEBP"))  # what OpenCV reads
