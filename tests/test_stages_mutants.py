@@ -1,0 +1,124 @@
+"""Behaviour of the weight-free stages (stage 3's shadows and light, Retinex, recombine, the image
+maths) that hand-applied mutation testing found no other test pinning down. Each test checks a
+property a user relies on (README "Shadows and light", "Stages"), not a pixel dump."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import make_sample, soft_disc_mask
+from synth.imaging import kernel_to_sigma, srgb_to_linear
+from synth.stages.patterns import PATTERNS
+from synth.stages.shadow import VISIBLE_DROP, CastShadow, Floor, HardShadow, luma, sigma_to_kernel, visibility
+from test_shading import grey_card
+
+
+# --- the visibility measure and its floor --------------------------------------------------------
+def test_a_drop_of_exactly_15_percent_counts_as_shadowed():
+    """README: "the share of the subject whose luma drops by at least 15 %"."""
+    before = np.full((8, 8), 200.0, np.float32)
+    after = before * np.float32(1 - VISIBLE_DROP)  # 170: exactly 15 % less
+    seen = visibility(before, after, np.ones((8, 8), np.float32))
+    assert seen["shadowed"] == 1.0 and seen["mean_drop"] == pytest.approx(0.15)
+
+
+def test_the_floor_passes_a_draw_exactly_at_min_visibility():
+    """README: "a cast shadow must darken at least 5 % of the subject"; new light passes with a
+    ``change`` of at least the floor, a cast shadow's ``change`` does not count."""
+    floor = Floor("shadow", min_visibility=0.25)
+    assert floor.passes({"shadowed": 0.25, "change": 0.0}, relit=False)
+    assert not floor.passes({"shadowed": 0.2499, "change": 0.0}, relit=False)
+    assert floor.passes({"shadowed": 0.0, "change": 0.25}, relit=True)
+    assert not floor.passes({"shadowed": 0.0, "change": 0.9}, relit=False)
+
+
+# --- recorded kernels ----------------------------------------------------------------------------
+@pytest.mark.parametrize("kernel", [1, 3, 5, 31, 51, 77, 111, 1001])
+def test_sigma_to_kernel_inverts_kernel_to_sigma_with_an_odd_kernel(kernel):
+    assert sigma_to_kernel(kernel_to_sigma(kernel)) == kernel
+    for sigma in (0.5, 1.3, 4.7, 19.9):
+        assert sigma_to_kernel(sigma) % 2 == 1
+
+
+# --- the penumbra --------------------------------------------------------------------------------
+@pytest.fixture
+def half_plane(monkeypatch):
+    """A straight shadow edge through the centre (rotated +-15 deg by the random affine)."""
+    def draw(rng, frame):
+        return (frame.coordinate(0) > 0).astype(np.float32), {}
+    monkeypatch.setitem(PATTERNS, "half_plane", draw)
+    return "half_plane"
+
+
+STEADY = dict(base="foreground", blur_growth=1.0, variation=0.0, color="neutral", opacity=0.5)
+
+
+def edge_width(matte: np.ndarray, rows: range) -> float:
+    """Median 10-90 % width (px, along x) of a rising edge over ``rows`` of ``matte``."""
+    x = np.arange(matte.shape[1])
+    widths = [np.interp(0.9, np.sort(matte[y]), x) - np.interp(0.1, np.sort(matte[y]), x) for y in rows]
+    return float(np.median(widths))
+
+
+@pytest.mark.parametrize("h, w", [(256, 512), (512, 256)])
+def test_the_penumbra_scales_with_the_long_side_of_a_non_square_image(half_plane, h, w):
+    """README: kernel ``shadow.blur`` "for a 1024 px side, scaled with the image": the long side
+    (a 512 x 256 image gets half the 1024 px penumbra, whichever way it is turned)."""
+    sample = grey_card(1, mask=np.ones((h, w), np.float32))
+    sample.image = sample.albedo = np.full((h, w, 3), 128, np.uint8)
+    HardShadow(patterns=half_plane, blur=71, min_visibility=0, **STEADY).process([sample])
+    sigma = kernel_to_sigma(71) * max(h, w) / 1024
+    params = sample.params["shadow"]
+    assert params["sigma_px"] == pytest.approx(sigma) and params["blur_used"] == 71
+    rotation = np.deg2rad(params["pattern_params"]["affine"]["rotation"])
+    width = edge_width(sample.shadow_matte, range(h // 2 - 48, h // 2 + 48, 8)) * np.cos(rotation)
+    assert width == pytest.approx(2.563 * sigma, rel=0.12)
+
+
+@pytest.fixture
+def one_bar(monkeypatch):
+    """One vertical bar 0.05 of the side wide through the centre, recorded as a thin occluder."""
+    def draw(rng, frame):
+        return (np.abs(frame.coordinate(0)) < 0.025).astype(np.float32), {"occluder_width": 0.05}
+    monkeypatch.setitem(PATTERNS, "one_bar", draw)
+    return "one_bar"
+
+
+@pytest.mark.parametrize("growth", [1.0, 2.0])
+def test_a_thin_occluder_keeps_90_percent_of_its_umbra_under_a_wide_blur(one_bar, growth):
+    """README: the penumbra's sigma, near and far, is at most 0.3 x ``occluder_width``, so the thin
+    part keeps 90 % of its umbra; the record says so (``penumbra_limited``, an odd ``blur_used``)."""
+    sample = grey_card(512, mask=np.ones((512, 512), np.float32))
+    HardShadow(patterns=one_bar, blur=201, min_visibility=0, **{**STEADY, "blur_growth": growth}).process([sample])
+    params = sample.params["shadow"]
+    limit = 0.3 * 0.05 * 512 * params["pattern_params"]["affine"]["scale"]
+    assert kernel_to_sigma(201) * 512 / 1024 > limit  # the blur asked for is wider than the limit
+    assert params["penumbra_limited"] is True
+    assert params["sigma_px"] == pytest.approx(limit) and params["sigma_far_px"] == pytest.approx(limit)
+    assert params["blur_used"] % 2 == 1
+    assert kernel_to_sigma(params["blur_used"]) * 512 / 1024 == pytest.approx(limit, abs=0.16)
+    peaks = sample.shadow_matte[128:384].max(axis=1)
+    assert np.all((peaks > 0.87) & (peaks < 0.94)), (peaks.min(), peaks.max())
+
+
+def umbra_kept(variation: float, seed: int) -> np.ndarray:
+    """Linear light kept (out / in, unquantised) at every full-umbra pixel of a half-plane shadow."""
+    sample = grey_card(256, mask=np.ones((256, 256), np.float32), seed=seed)
+    cast = CastShadow(patterns="half_plane", opacity=0.5, color="neutral", blur=31, blur_growth=1.0,
+                      variation=variation)
+    linear = np.full((256, 256, 3), 0.5, np.float32)
+    out, matte, params = cast.apply(linear.copy(), sample, (slice(0, 256), slice(0, 256)))
+    assert params["variation"] == variation
+    return (out / linear)[matte > 0.999]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_variation_modulates_the_umbra_both_ways_around_the_opacity(half_plane, seed):
+    """README: ``shadow.variation`` modulates the umbra by a slow noise, +-variation (0 = off):
+    with opacity 0.5 and variation 0.15 the umbra keeps between 0.425 and 0.575 of the light,
+    some of it more than half and some less."""
+    assert np.allclose(umbra_kept(0.0, seed), 0.5, atol=5e-4)
+    kept = umbra_kept(0.15, seed)
+    assert kept.min() >= 0.425 - 1e-4 and kept.max() <= 0.575 + 1e-4
+    assert kept.min() < 0.49 and kept.max() > 0.51
