@@ -9,8 +9,8 @@ import pytest
 
 from conftest import make_sample, soft_disc_mask
 from synth.imaging import kernel_to_sigma, srgb_to_linear
-from synth.stages.patterns import PATTERNS
-from synth.stages.shadow import VISIBLE_DROP, CastShadow, Floor, HardShadow, luma, sigma_to_kernel, visibility
+from synth.stages.patterns import PATTERNS, render
+from synth.stages.shadow import VISIBLE_DROP, CastShadow, Floor, HardShadow, SoftShading, sigma_to_kernel, visibility
 from test_shading import grey_card
 
 
@@ -122,3 +122,81 @@ def test_variation_modulates_the_umbra_both_ways_around_the_opacity(half_plane, 
     kept = umbra_kept(0.15, seed)
     assert kept.min() >= 0.425 - 1e-4 and kept.max() <= 0.575 + 1e-4
     assert kept.min() < 0.49 and kept.max() > 0.51
+
+
+# --- new light -----------------------------------------------------------------------------------
+def test_specular_and_cast_chances_are_probabilities_of_yes():
+    """``specular_chance`` / ``cast_chance`` = probability of a highlight / a cast shadow: 0.2
+    draws one in about a fifth of the images, not four fifths."""
+    stage = SoftShading(base="foreground", specular_chance=0.2, cast_chance=0.2, min_visibility=0)
+    specular, cast = [], []
+    for index in range(40):
+        sample = grey_card(32, index=index)
+        stage.process([sample])
+        specular.append(sample.params["shadow"]["specular"])
+        cast.append(sample.params["shadow"]["cast_shadow"] is not None)
+    assert 2 <= sum(specular) <= 16 and 2 <= sum(cast) <= 16, (sum(specular), sum(cast))
+
+
+def test_the_python_default_cast_shadow_is_the_configs_subtle_one():
+    """README: ``shadow.cast.*`` takes every shadow=hard parameter, default opacity [0.1, 0.25],
+    for the stage built in Python as from the config."""
+    from conftest import built_stage
+    configured, plain = built_stage("shadow", "shadow=soft_shading"), SoftShading()
+    for index in range(8):
+        opacity = plain.cast.cast.opacity.sample(0, index)
+        assert 0.1 <= opacity <= 0.25 and opacity == configured.cast.cast.opacity.sample(0, index)
+
+
+@pytest.mark.parametrize("asked, recorded", [(450.0, 90.0), (-90.0, 270.0), (360.0, 0.0), (720.0, 0.0)])
+def test_an_azimuth_outside_0_360_is_recorded_as_its_angle_in_0_360(asked, recorded):
+    sample = grey_card(64)
+    SoftShading(base="foreground", azimuth=asked, ambient=0.6, elevation=20.0, specular_chance=0.0,
+                cast_chance=0.0).process([sample])
+    assert sample.params["shadow"]["azimuth"] == pytest.approx(recorded)
+
+
+# --- patterns ------------------------------------------------------------------------------------
+def runs_of_shadow(lines: np.ndarray) -> list[int]:
+    """Lengths of the runs of 1s in each line of a hard matte, but those cut by the border."""
+    runs = []
+    for line in lines:
+        d = np.diff(np.r_[0, line, 0])
+        starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+        runs += list((ends - starts)[(starts > 0) & (ends < line.size)])
+    return runs
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_venetian_slats_are_duty_of_each_period_wide_as_recorded(seed):
+    """``duty`` is the shadowed part of each period; ``occluder_width`` (duty / slats) is the
+    width of a slat's shadow, the width the penumbra limit protects."""
+    matte, params = render("venetian_blind", np.random.default_rng(seed), 512, 512)
+    affine = params["affine"]
+    assert params["occluder_width"] == pytest.approx(params["duty"] / params["slats"])
+    across = abs(np.cos(np.deg2rad(params["angle"] + affine["rotation"])))  # slats cross columns at this slope
+    expected = params["occluder_width"] * affine["scale"] * 512 / across
+    assert np.median(runs_of_shadow(matte[:, ::32].T)) == pytest.approx(expected, abs=1.5)
+    assert matte.mean() == pytest.approx(params["duty"], abs=0.05)
+
+
+def test_lattice_bars_are_occluder_width_wide():
+    seeds = [s for s in range(12) if render("lattice", np.random.default_rng(s), 8, 8)[1]["kind"] == "grid"]
+    assert len(seeds) >= 3
+    for seed in seeds:
+        matte, params = render("lattice", np.random.default_rng(seed), 512, 512)
+        affine = params["affine"]
+        expected = params["occluder_width"] * affine["scale"] * 512 / np.cos(np.deg2rad(affine["rotation"]))
+        assert np.median(runs_of_shadow(matte[::16])) == pytest.approx(expected, abs=1.5), seed
+
+
+def test_the_growth_direction_is_drawn_all_round():
+    """README: ``blur_growth`` widens the penumbra "in a random direction"."""
+    stage = HardShadow(base="foreground", blur_growth=2.0, min_visibility=0)
+    directions = []
+    for index in range(24):
+        sample = grey_card(32, index=index)
+        stage.process([sample])
+        directions.append(sample.params["shadow"]["blur_growth_direction"])
+    assert min(directions) >= 0 and max(directions) < 360
+    assert {int(d // 90) for d in directions} == {0, 1, 2, 3}
