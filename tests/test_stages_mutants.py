@@ -4,13 +4,17 @@ property a user relies on (README "Shadows and light", "Stages"), not a pixel du
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from conftest import make_sample, soft_disc_mask
-from synth.imaging import kernel_to_sigma, srgb_to_linear
+from synth.errors import SampleError
+from synth.imaging import cut_out, kernel_to_sigma, srgb_to_linear, to_uint8
 from synth.stages.patterns import PATTERNS, render
-from synth.stages.shadow import VISIBLE_DROP, CastShadow, Floor, HardShadow, SoftShading, sigma_to_kernel, visibility
+from synth.stages.recombine import AlphaComposite
+from synth.stages.shadow import (VISIBLE_DROP, CastShadow, Floor, HardShadow, Mix, SoftShading, sigma_to_kernel,
+                                 visibility)
 from test_shading import grey_card
 
 
@@ -200,3 +204,47 @@ def test_the_growth_direction_is_drawn_all_round():
         directions.append(sample.params["shadow"]["blur_growth_direction"])
     assert min(directions) >= 0 and max(directions) < 360
     assert {int(d // 90) for d in directions} == {0, 1, 2, 3}
+
+
+# --- shadow=mix ----------------------------------------------------------------------------------
+def test_mix_both_is_held_to_the_hard_parts_floor():
+    """README: in shadow=mix, ``both`` uses the hard part's min_visibility / max_redraws."""
+    def mix(hard: dict, soft: dict) -> Mix:
+        return Mix(HardShadow(base="foreground", key="shadow.hard", **hard),
+                   SoftShading(base="foreground", key="shadow.soft_shading", **soft), weights="both")
+    with pytest.raises(SampleError, match=r"best of 1 draws.*shadow.hard.min_visibility=1$"):
+        mix({"min_visibility": 1.0, "max_redraws": 0}, {"min_visibility": 0}).process([grey_card(48)])
+    sample = grey_card(48)
+    mix({"min_visibility": 0}, {"min_visibility": 1.0, "max_redraws": 0}).process([sample])
+    assert sample.degradation_type == "soft_shading+hard_shadow" and sample.params["shadow"]["redraws"] == 0
+
+
+# --- image maths ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("kernel", [31, 51, 77, 111])
+def test_kernel_to_sigma_is_the_sigma_opencv_gives_that_kernel(kernel):
+    """``shadow.blur`` is an odd Gaussian kernel as OpenCV sizes it (sigma 0 = from the size)."""
+    assert np.allclose(cv2.getGaussianKernel(kernel, 0), cv2.getGaussianKernel(kernel, kernel_to_sigma(kernel)),
+                       atol=1e-12)
+
+
+def test_to_uint8_and_cut_out_round_to_the_nearest_level():
+    values = np.array([0.0, 0.4 / 255, 0.6 / 255, 127.49 / 255, 127.51 / 255, 1.0, 1.5, -0.2], np.float32)
+    assert to_uint8(values).tolist() == [0, 0, 1, 127, 128, 255, 255, 0]
+    image = np.full((1, 4, 3), 201, np.uint8)
+    mask = np.array([[0.0, 0.5, 0.9975, 1.0]], np.float32)  # 201 x (1 - m): 201, 100.5, 0.5025, 0
+    assert cut_out(image, mask)[0, :, 0].tolist() == [201, 101, 1, 0]
+
+
+def test_the_composite_background_is_the_original_photo_whatever_the_base():
+    """README: composite = degraded x mask + original x (1 - mask), also with base=albedo (whose
+    layer outside the subject is the albedo, not the photo)."""
+    sample = make_sample(size=96)
+    sample.mask = soft_disc_mask(96, 96, 0.3, 0.1)
+    sample.albedo = (sample.image // 2 + 100).astype(np.uint8)  # visibly not the photo
+    HardShadow(base="albedo", patterns="cloud", min_visibility=0).process([sample])
+    AlphaComposite().process([sample])
+    m = sample.mask[..., None]
+    expected = sample.degraded * m + sample.image * (1 - m)
+    assert np.abs(sample.composite - expected).max() <= 1
+    outside = sample.mask == 0
+    assert np.array_equal(sample.composite[outside], sample.image[outside])
