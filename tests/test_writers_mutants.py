@@ -89,6 +89,50 @@ def test_a_stopped_parquet_shard_leaves_no_shard_when_the_writer_closes(tmp_path
     assert list(writer.dir.glob("*.parquet")) == [] and list(writer.dir.glob(".*.tmp")) == []
 
 
+def test_a_stopped_tar_shard_is_neither_published_nor_left_as_a_temporary_file(tmp_path):
+    # mutant: _drop_shard leaves ShardWriter's post hook (stopped() publishes the partial shard)
+    writer = WebDatasetWriter(maxcount=10)
+    writer.open(tmp_path)
+    commit_all(writer, [make_sample(index=i, size=16) for i in range(3)])
+    writer.stopped()
+    writer.close()
+    assert list(writer.dir.glob("*.tar")) == [] and list(writer.dir.glob(".*.tmp")) == []
+
+
+@pytest.mark.parametrize("writer_class, option", [(WebDatasetWriter, "maxcount"), (HFDatasetWriter, "rows_per_shard")])
+def test_shards_hold_exactly_their_maximum_count_and_appear_when_full(tmp_path, writer_class, option):
+    # mutants: `>` for `>=` in the cut (shards one sample too large, or published one sample late)
+    writer = writer_class(**{option: 2})
+    writer.open(tmp_path)
+    samples = [make_sample(index=i, size=8) for i in range(5)]
+    commit_all(writer, samples[:2])
+    assert shard_names(writer.dir, f"*{writer.suffix}") == [writer.shard_name(0)]
+    commit_all(writer, samples[2:])
+    writer.close()
+    if writer_class is WebDatasetWriter:
+        ids = [tar_ids(writer.dir / name) for name in shard_names(writer.dir, "*.tar")]
+    else:
+        ids = [pq.read_table(writer.dir / name).column("image_id").to_pylist()
+               for name in shard_names(writer.dir, "*.parquet")]
+    assert ids == [["000000", "000001"], ["000002", "000003"], ["000004"]]
+
+
+def test_tar_members_carry_no_wall_clock(tmp_path):
+    # mutants: the record keeps timings_ms, or the members get the time of writing as mtime
+    # (either makes the same job's shards differ from run to run)
+    writer = WebDatasetWriter()
+    writer.open(tmp_path)
+    sample = make_sample(size=8)
+    sample.timings_ms = {"segmentation": 12.5}
+    commit_all(writer, [sample])
+    writer.close()
+    with tarfile.open(writer.dir / writer.shard_name(0)) as tar:
+        members = tar.getmembers()
+        assert members and all(m.mtime == 0 for m in members)
+        record = json.loads(tar.extractfile(next(m for m in members if m.name.endswith(".json"))).read())
+    assert "timings_ms" not in record and record["image_id"] == "000000"
+
+
 def test_parquet_shards_are_written_in_row_groups_of_64(tmp_path):
     # mutant: no flush per ROW_GROUP (one row group per shard: the whole shard in memory)
     writer = HFDatasetWriter(rows_per_shard=1000)
@@ -205,7 +249,8 @@ def test_encoded_images_are_shared_only_between_equal_formats_and_qualities():
     # mutants: the cache key without the format, or without the quality of lossy formats
     images = EncodedImages(make_sample(size=64))
     png, jpg = images.get("original", "png"), images.get("original", "jpg", quality=95)
-    assert png.startswith(b"\x89PNG") and jpg.startswith(b"\xff\xd8")
+    webp = images.get("original", "webp", quality=95)
+    assert png.startswith(b"\x89PNG") and jpg.startswith(b"\xff\xd8") and webp[8:12] == b"WEBP"
     low = images.get("original", "jpg", quality=20)
     assert low != jpg and len(low) < len(jpg)
     assert images.get("original", "jpg", png_compress_level=9, quality=95) is jpg  # the PNG level: ignored
