@@ -166,6 +166,17 @@ def switch(key: str, value: Any) -> bool:
     return value
 
 
+def text(key: str, value: Any) -> str | None:
+    """A free-text setting (a model prompt), stripped; None when it is null or blank (the caller
+    decides whether that is allowed). A number Hydra parsed (``prompt=2024``) is its text; a list,
+    mapping or bool is refused: its Python repr would reach the model as the prompt."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{key}={_show(value)}: must be text")
+    return str(value).strip()
+
+
 def _check_weights(key: str, weights: tuple) -> tuple:
     # A zero sum, NaN or inf would make the choice probabilities NaN mid-run: refuse them here.
     if not all(_is_number(w) and math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:

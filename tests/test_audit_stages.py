@@ -113,3 +113,20 @@ def test_grabcut_with_margin_zero_segments(tmp_path, margin):
     "(-215:Assertion failed) !bgdSamples.empty() && !fgdSamples.empty() in function 'initGMMs'"."""
     summary = run_job(photos(tmp_path / "in"), tmp_path / "run", f"segmentation.margin={margin}", *FAST)
     assert summary["failed"] == 0 and summary["done"] == 2
+
+
+# --- model stages' text settings ---------------------------------------------------------------------
+@pytest.mark.parametrize("stage, key", [("synth.stages.models.sam3.Sam3", "segmentation.prompt"),
+                                        ("synth.stages.models.blip.Blip", "captioning.prompt"),
+                                        ("synth.stages.models.vlm.Vlm", "captioning.prompt")])
+@pytest.mark.parametrize("prompt, shown", [(["a", "b"], r"\[a,b\]"), ({"a": 1}, r"\{'a': 1\}"), (True, "True")])
+def test_a_model_prompt_that_is_not_text_is_one_config_error(stage, key, prompt, shown):
+    """Fix: params.text. segmentation=sam3 segmentation.prompt=[a,b] prompted SAM 3 with the text
+    "['a', 'b']" on every image; captioning=vlm (or blip) captioning.prompt=[a,b] ended in
+    "captioning: 'list' object has no attribute 'strip'", a message without the key."""
+    import importlib
+
+    module, name = stage.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    with pytest.raises(ConfigError, match=rf"^{key}={shown}: must be text$"):
+        cls(model="/nonexistent", prompt=prompt)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from synth.params import setting
+from synth.params import setting, text
 from synth.sample import Sample
 from synth.stages.models.base import ModelCaption
 from synth.stages.models.loading import check_source, hub_kwargs, load_pretrained
@@ -24,10 +24,10 @@ class Blip(ModelCaption):
                  max_new_tokens: int = 30, num_beams: int = 1,
                  template: str = "remove {degradation} from {caption}", subject: str = "subject", **kwargs: Any):
         super().__init__(template=template, subject=subject, **kwargs)
+        self.prompt = text("captioning.prompt", prompt)  # null or blank: unconditional captions
         self.max_new_tokens = setting("captioning.max_new_tokens", max_new_tokens, 1, integer=True)
         self.num_beams = setting("captioning.num_beams", num_beams, 1, integer=True)
         self.source = check_source("captioning.model", model, HOW)
-        self.prompt = prompt.strip() if prompt and prompt.strip() else None
 
     def load(self) -> None:
         from transformers import BlipForConditionalGeneration, BlipProcessor

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from synth.errors import ConfigError
-from synth.params import setting
+from synth.params import setting, text
 from synth.sample import Sample
 from synth.stages.models.base import ModelSegmentation
 from synth.stages.models.loading import check_source, hub_kwargs, load_pretrained
@@ -26,14 +26,15 @@ class Sam3(ModelSegmentation):
     def __init__(self, model: str = "facebook/sam3", prompt: str = "person", threshold: float = 0.5,
                  mask_threshold: float = 0.5, instances: str = "union", **kwargs: Any):
         super().__init__(**kwargs)
-        if not prompt or not str(prompt).strip():
+        prompt = text("segmentation.prompt", prompt)
+        if prompt is None:
             raise ConfigError("segmentation.prompt: required, e.g. segmentation.prompt=person")
         self.threshold = setting("segmentation.threshold", threshold, 0.0, 1.0)
         self.mask_threshold = setting("segmentation.mask_threshold", mask_threshold, 0.0, 1.0)
         if instances not in ("union", "best"):
             raise ConfigError(f"segmentation.instances={instances}: choose union or best")
         self.source = check_source("segmentation.model", model, HOW)
-        self.prompt, self.instances = str(prompt).strip(), instances
+        self.prompt, self.instances = prompt, instances
 
     def load(self) -> None:
         from transformers import Sam3Model, Sam3Processor

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from synth.errors import ConfigError
-from synth.params import setting
+from synth.params import setting, text
 from synth.imaging import shrink
 from synth.sample import Sample
 from synth.stages.models.base import ModelCaption
@@ -31,12 +31,13 @@ class Vlm(ModelCaption):
                  max_new_tokens: int = 32, template: str = "remove {degradation} from the {subject}, lighting: {keywords}",
                  subject: str = "subject", **kwargs: Any):
         super().__init__(template=template, subject=subject, **kwargs)
-        if not prompt or not prompt.strip():
+        prompt = text("captioning.prompt", prompt)
+        if prompt is None:
             raise ConfigError("captioning.prompt: required with captioning=vlm")
         self.image_size = setting("captioning.image_size", image_size, 28, integer=True)
         self.max_new_tokens = setting("captioning.max_new_tokens", max_new_tokens, 1, integer=True)
         self.source = check_source("captioning.model", model, HOW)
-        self.prompt = prompt.strip()
+        self.prompt = prompt
 
     def load(self) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
