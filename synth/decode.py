@@ -97,12 +97,27 @@ def decode(src: str | os.PathLike | bytes, limits: Limits = Limits()) -> Decoded
         return _decode_open(im, src, limits)
 
 
-def check_header(path: str | os.PathLike, limits: Limits) -> tuple[int, int]:
+def check_header(path: str | os.PathLike, limits: Limits) -> tuple[int, int, int]:
     """The checks :func:`decode` makes before decoding (format, size, JPEG scans), for files that
-    another decoder reads (masks through OpenCV); returns (width, height) or raises DecodeError."""
+    another decoder reads (masks through OpenCV); returns (width, height, EXIF orientation: 1 when
+    none) or raises DecodeError. OpenCV's IMREAD_UNCHANGED ignores the orientation: see :func:`orient`."""
     with _open(path, limits) as im:
         _check_header(im, path, limits)
-        return im.size
+        try:
+            orientation = int(im.getexif().get(0x0112, 1) or 1)
+        except Exception:  # noqa: BLE001 - a corrupt EXIF block: the pixels as stored
+            orientation = 1
+        return (*im.size, orientation if 1 <= orientation <= 8 else 1)
+
+
+def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """``pixels`` (HxW or HxWxC, as stored in the file) turned as EXIF ``orientation`` says, the way
+    :func:`decode` turns an input (Pillow's ``ImageOps.exif_transpose``)."""
+    if orientation in (5, 6, 7, 8):
+        pixels = pixels.swapaxes(0, 1)  # transposed: then a flip makes each rotation
+    flip_rows, flip_cols = {2: (False, True), 3: (True, True), 4: (True, False), 5: (False, False),
+                            6: (False, True), 7: (True, True), 8: (True, False)}.get(orientation, (False, False))
+    return np.ascontiguousarray(pixels[::-1 if flip_rows else 1, ::-1 if flip_cols else 1])
 
 
 def _open(src: str | os.PathLike | bytes, limits: Limits) -> Image.Image:

@@ -130,3 +130,32 @@ def test_a_model_prompt_that_is_not_text_is_one_config_error(stage, key, prompt,
     cls = getattr(importlib.import_module(module), name)
     with pytest.raises(ConfigError, match=rf"^{key}={shown}: must be text$"):
         cls(model="/nonexistent", prompt=prompt)
+
+
+# --- a mask file's own EXIF orientation ------------------------------------------------------------
+@pytest.mark.parametrize("orientation", [6, 8, 3])
+@pytest.mark.parametrize("h, w", [(64, 64), (48, 64)])
+def test_a_mask_with_exif_orientation_is_turned_like_its_photo(tmp_path, orientation, h, w):
+    """Fix: MaskFolder applies the mask file's EXIF orientation (decode.check_header reads it,
+    decode.orient turns the pixels), as decode does for the photo. OpenCV's IMREAD_UNCHANGED ignores
+    it: a mask JPEG saved with its photo's orientation tag (as shown by every viewer, aligned with
+    the photo) was used as stored, so a square photo's mask ended turned by 90 degrees (exit 0, the
+    subject in the wrong place) and a non-square one failed ('the aspect ratio differs')."""
+    from PIL import Image
+
+    from synth.decode import orient
+
+    shown = np.asarray(Image.open(photo(tmp_path / "shown.png", h=h, w=w)))  # the photo as a viewer shows it
+    subject = np.zeros((h, w), np.uint8)
+    subject[4:h - 4, 4:w // 2] = 255  # the left half, as shown
+    inverse = {6: 8, 8: 6, 3: 3}[orientation]  # stored pixels: what the orientation turns into `shown`
+    for folder, pixels in (("in", shown), ("masks", subject)):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        (tmp_path / folder).mkdir()
+        Image.fromarray(orient(pixels, inverse)).save(tmp_path / folder / "p.jpg", exif=exif, quality=98)
+    run_job(tmp_path / "in", tmp_path / "run", "segmentation=mask_folder", f"segmentation.path='{tmp_path / 'masks'}'",
+            "segmentation.suffix=.jpg", "data.extensions=[.jpg]")
+    mask = np.asarray(Image.open(tmp_path / "run" / "stage_1" / "000000_mask.png")).astype(np.float32) / 255
+    assert mask.shape == (h, w)
+    assert mask[8:h - 8, 8:w // 2 - 4].mean() > 0.9 and mask[:, w // 2 + 4:].mean() < 0.05

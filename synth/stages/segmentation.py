@@ -15,7 +15,7 @@ import os
 import cv2
 import numpy as np
 
-from synth.decode import Limits, check_header
+from synth.decode import Limits, check_header, orient
 from synth.errors import ConfigError, SampleError
 from synth.imaging import gaussian_blur, resize
 from synth.params import setting
@@ -159,12 +159,13 @@ class MaskFolder(Stage):
         if not path.is_file():
             raise SampleError(f"no mask {path} for {sample.source}")
         try:
-            check_header(path, self.limits)
+            orientation = check_header(path, self.limits)[2]
         except SampleError as err:
             raise SampleError(f"mask {path} is not a readable image: {err}") from None
         raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if raw is None:
             raise SampleError(f"mask {path} is not a readable image")
+        raw = orient(raw, orientation)  # as the input: a mask file's own EXIF orientation is applied too
         mask = _mask_values(raw, path)
         (mh, mw), (h, w) = mask.shape, sample.image.shape[:2]
         if abs(mh - mw * h / w) > max(1.0, 0.02 * mh):
