@@ -79,7 +79,10 @@ class RunLock:
         try:
             self._create()
         except FileExistsError:
-            self._take_over_if_stale()
+            try:
+                self._take_over_if_stale()
+            except OSError as err:  # writing or renaming its temporary file: disk full, removed
+                raise as_output_error(err) from err
         except OSError as err:
             raise as_output_error(err) from err
         self.held = True

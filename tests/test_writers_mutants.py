@@ -3,6 +3,7 @@ showed no other test pins down: each test names the one-line change it catches."
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tarfile
@@ -12,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from synth.data import ImageFolder
-from synth.errors import ConfigError
+from synth.errors import ConfigError, OutputError
 from synth.rundir import JsonlLog, RunLock, check_manifest, repair_torn_tail
 from synth.writers.encoded import EncodedImages
 from synth.writers.folder import FolderWriter
@@ -291,6 +292,20 @@ def test_the_lock_heartbeat_touches_the_lock(tmp_path):
     lock._stop.wait = lambda timeout: next(beats)
     lock._heartbeat()
     assert lock.path.stat().st_mtime > 0
+
+
+def test_an_os_error_while_taking_over_a_stale_lock_is_one_output_error(tmp_path, monkeypatch):
+    # found here: only the lock's creation was turned into an OutputError, not the take-over of a
+    # stale one (its temporary file and rename), which raised the bare OSError: a traceback
+    lock = RunLock(tmp_path)
+    lock.path.write_text(json.dumps({"pid": 999999999, "host": json.loads(lock.mine)["host"]}))  # a dead job's
+
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(lock.path))
+    monkeypatch.setattr("synth.rundir.os.replace", disk_full)
+    with pytest.raises(OutputError, match=r"^cannot write .*synth\.lock: No space left on device$"):
+        lock.acquire()
+    assert not lock.held
 
 
 def entries(data: Path, count: int):
