@@ -248,3 +248,80 @@ def test_the_composite_background_is_the_original_photo_whatever_the_base():
     assert np.abs(sample.composite - expected).max() <= 1
     outside = sample.mask == 0
     assert np.array_equal(sample.composite[outside], sample.image[outside])
+
+
+@pytest.mark.parametrize("cast_chance", [0.0, 1.0])
+def test_mix_both_writes_the_union_of_its_cast_shadows_as_the_matte(cast_chance):
+    """``both``: the matte holds the hard part's shadow and, when drawn, the soft part's subtle
+    one: each the same as its stage alone draws for this image."""
+    def parts():
+        return (HardShadow(base="foreground", key="shadow.hard", min_visibility=0),
+                SoftShading(base="foreground", key="shadow.soft_shading", cast_chance=cast_chance, min_visibility=0))
+    both, hard, soft = grey_card(64, index=3), grey_card(64, index=3), grey_card(64, index=3)
+    Mix(*parts(), weights="both").process([both])
+    hard_stage, soft_stage = parts()
+    hard_stage.process([hard])
+    soft_stage.process([soft])
+    assert hard.shadow_matte.max() > 0.5 and (soft.shadow_matte.max() > 0) == (cast_chance > 0)
+    assert np.array_equal(both.shadow_matte, np.maximum(hard.shadow_matte, soft.shadow_matte))
+
+
+# --- where stage 3 works, and against what --------------------------------------------------------
+def test_every_pixel_of_a_hard_edged_subject_is_shadowed_up_to_its_border(monkeypatch):
+    """A full-frame umbra on a rectangular subject darkens all of it, its last row and column
+    included (stage 3 works on the subject's bounding box only)."""
+    monkeypatch.setitem(PATTERNS, "everywhere", lambda rng, frame: (np.ones((frame.h, frame.w), np.float32), {}))
+    mask = np.zeros((64, 64), np.float32)
+    mask[10:40, 20:50] = 1.0
+    sample = grey_card(64, level=200, mask=mask)
+    HardShadow(patterns="everywhere", min_visibility=0, **STEADY).process([sample])
+    kept = srgb_to_linear(sample.degraded) / srgb_to_linear(sample.image)
+    assert np.allclose(kept[mask == 1], 0.5, atol=0.01)
+    assert np.array_equal(sample.degraded[mask == 0], sample.image[mask == 0])
+
+
+def test_visibility_is_measured_against_the_albedo_with_base_albedo():
+    """README: stage 3 measures every result against its base (albedo or foreground): a shadow of
+    opacity 0 on the albedo changes nothing, however the photo differs from the albedo."""
+    sample = grey_card(64, level=200)
+    sample.image = np.full_like(sample.image, 60)  # the photo: much darker than the albedo
+    HardShadow(base="albedo", opacity=0.0, min_visibility=0).process([sample])
+    assert np.array_equal(sample.degraded, sample.albedo)
+    assert sample.params["shadow"]["visibility"] == {"shadowed": 0.0, "mean_drop": 0.0, "change": 0.0}
+
+
+def first_draw(sample, make, redraw: int):
+    """``sample`` after ``make(min_visibility=0)`` with the seed the floor gives redraw ``redraw``."""
+    trial = grey_card(96, index=sample.index, seed=sample.seed)
+    if redraw:
+        trial.seed = int(sample.rng(f"shadow/redraw{redraw}").integers(2**32))
+    make(min_visibility=0).process([trial])
+    return trial
+
+
+def test_redraws_come_from_the_documented_streams_and_a_failure_names_the_best_draw():
+    """README: a draw below the floor is drawn again from the sample's own stream ``{key}/redraw1``,
+    ``{key}/redraw2``, ...; after the last the sample fails, naming the best of its draws."""
+    def make(**kw):
+        return HardShadow(base="foreground", opacity=[0.2, 0.6], **kw)
+    checked = set()
+    for index in range(60):
+        sample = grey_card(96, index=index)
+        make().process([sample])
+        k = sample.params["shadow"]["redraws"]
+        if k < 2:
+            continue
+        assert sample.seed == 0  # the trials have their own seeds; the sample keeps its own
+        expected = first_draw(sample, make, k)
+        assert np.array_equal(sample.degraded, expected.degraded)
+        assert {**expected.params["shadow"], "redraws": k} == sample.params["shadow"]
+        checked.add("redrawn")
+        # Refused draws 0 .. k-1 (a floor only the k-th passed): the failure reports the best of them.
+        shadowed = [first_draw(sample, make, r).params["shadow"]["visibility"]["shadowed"] for r in range(k)]
+        if max(shadowed) > shadowed[-1]:
+            with pytest.raises(SampleError, match=rf"best of {k} draws shadows {max(shadowed):.1%} of"):
+                make(max_redraws=k - 1).process([grey_card(96, index=index)])
+            checked.add("best")
+        if checked == {"redrawn", "best"}:
+            break
+    assert checked == {"redrawn", "best"}
