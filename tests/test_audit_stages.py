@@ -159,3 +159,16 @@ def test_a_mask_with_exif_orientation_is_turned_like_its_photo(tmp_path, orienta
     mask = np.asarray(Image.open(tmp_path / "run" / "stage_1" / "000000_mask.png")).astype(np.float32) / 255
     assert mask.shape == (h, w)
     assert mask[8:h - 8, 8:w // 2 - 4].mean() > 0.9 and mask[:, w // 2 + 4:].mean() < 0.05
+
+
+@pytest.mark.parametrize("key, value, rule", [("iterations", 1_000_000, r">= 1 and <= 100"),
+                                              ("work_size", 100_000, r">= 32 and <= 8192")])
+def test_grabcut_refuses_absurd_work(key, value, rule):
+    """Fix: upper bounds on segmentation.iterations and segmentation.work_size. iterations=1000000
+    hung the job on its first 64 px image (still running after 2 minutes); work_size=100000 enlarged
+    each photo to 100000 px: 22.5 GB per worker, an out-of-memory failure of every sample (or the
+    kernel's OOM killer for the whole job)."""
+    from synth.stages.segmentation import GrabCut
+
+    with pytest.raises(ConfigError, match=rf"^segmentation\.{key}={value}: must be an integer {rule}$"):
+        GrabCut(**{key: value})

@@ -67,8 +67,10 @@ class GrabCut(Stage):
     def __init__(self, margin: float = 0.08, iterations: int = 3, work_size: int = 320,
                  feather: float = 0.004):
         self.margin = setting("segmentation.margin", margin, 0.0, 0.5, hi_open=True)
-        self.iterations = setting("segmentation.iterations", iterations, 1, integer=True)
-        self.work_size = setting("segmentation.work_size", work_size, 32, integer=True)
+        # bounded: a typo (iterations=30000, work_size=100000) would hang every worker on its first
+        # image, or allocate tens of GB per worker (a 64 px photo is enlarged to work_size)
+        self.iterations = setting("segmentation.iterations", iterations, 1, 100, integer=True)
+        self.work_size = setting("segmentation.work_size", work_size, 32, 8192, integer=True)
         self.feather = setting("segmentation.feather", feather, 0.0, 0.1)
 
     def process_sample(self, sample: Sample) -> None:
