@@ -18,6 +18,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from synth.errors import ConfigError, OutputError
 from synth.faults import EXIT_CONFIG_ERROR, JOB_ERRORS, check_creatable, exit_code_of, printable
@@ -42,6 +43,8 @@ def build(cfg: DictConfig, key: str) -> Any:
         if isinstance(cause, ConfigError):
             raise cause from None
         raise ConfigError(f"{key}: {cause or err}".splitlines()[0]) from err
+    except InterpolationResolutionError as err:  # captioning.template='remove ${x}': Hydra's traceback, exit 1
+        raise ConfigError(f"{key}: {err}".splitlines()[0] + " (in a ${...} of one of its values)") from None
 
 
 def build_writers(cfg: DictConfig) -> list[Any]:

@@ -172,3 +172,15 @@ def test_grabcut_refuses_absurd_work(key, value, rule):
 
     with pytest.raises(ConfigError, match=rf"^segmentation\.{key}={value}: must be an integer {rule}$"):
         GrabCut(**{key: value})
+
+
+@pytest.mark.parametrize("override, message", [
+    ("captioning.template='remove ${x} from the {subject}'", r"^captioning: Interpolation key 'x' not found \(in a \$\{\.\.\.\} "),
+    ("shadow.opacity=${oc.env:SYNTH_AUDIT_UNSET}", r"^shadow: KeyError raised while resolving interpolation: .*SYNTH_AUDIT_UNSET"),
+])
+def test_an_interpolation_that_cannot_resolve_in_a_stage_value_is_one_config_error(tmp_path, override, message):
+    """Fix: app.build turns OmegaConf's InterpolationResolutionError into one line naming the group.
+    A shell-style template (captioning.template='remove ${x} ...') ended in Hydra's traceback, exit 1."""
+    with pytest.raises(ConfigError, match=message):
+        run_job(photos(tmp_path / "in"), tmp_path / "run", override, *FAST)
+    assert not (tmp_path / "run").exists()
