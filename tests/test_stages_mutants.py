@@ -13,6 +13,7 @@ from synth.errors import SampleError
 from synth.imaging import cut_out, kernel_to_sigma, srgb_to_linear, to_uint8
 from synth.stages.patterns import PATTERNS, render
 from synth.stages.recombine import AlphaComposite
+from synth.stages.shading import blocked_fraction, darken
 from synth.stages.shadow import (VISIBLE_DROP, CastShadow, Floor, HardShadow, Mix, SoftShading, sigma_to_kernel,
                                  visibility)
 from test_shading import grey_card
@@ -325,3 +326,12 @@ def test_redraws_come_from_the_documented_streams_and_a_failure_names_the_best_d
         if checked == {"redrawn", "best"}:
             break
     assert checked == {"redrawn", "best"}
+
+
+def test_darken_never_takes_a_channel_below_zero():
+    """A varied umbra can ask for more than all the light (strength 1.15 x opacity 1): the channel
+    goes to 0, not negative (a second shadow on top would turn a negative value positive)."""
+    linear = np.full((1, 2, 3), 0.5, np.float32)
+    darken(linear, np.array([[1.15, 0.5]], np.float32), blocked_fraction("sky", 1.0, 0.1))
+    assert linear[0, 0, 0] == 0.0 and (linear[0, 0] >= 0).all()
+    assert linear[0, 1] == pytest.approx(0.5 * (1 - 0.5 * blocked_fraction("sky", 1.0, 0.1)))
