@@ -184,3 +184,17 @@ def test_an_interpolation_that_cannot_resolve_in_a_stage_value_is_one_config_err
     with pytest.raises(ConfigError, match=message):
         run_job(photos(tmp_path / "in"), tmp_path / "run", override, *FAST)
     assert not (tmp_path / "run").exists()
+
+
+def test_sam_refuses_an_absurd_point_grid(tmp_path):
+    """Fix: segmentation.points_per_side at most 128. The automatic mask generator prompts
+    points_per_side**2 points per image: points_per_side=100000 was accepted, and the generator
+    built in setup (after the run directory is written) would hold a grid of 10**10 float64 points
+    (160 GB), then decode a mask for each."""
+    from synth.stages.models.sam import Sam
+
+    checkpoint = tmp_path / "sam.pth"
+    checkpoint.write_bytes(b"only its existence is checked when the stage is built")
+    with pytest.raises(ConfigError, match=r"^segmentation\.points_per_side=100000: must be an integer >= 1 and <= 128$"):
+        Sam(checkpoint=str(checkpoint), prompt="auto", points_per_side=100_000)
+    assert Sam(checkpoint=str(checkpoint), prompt="auto", points_per_side=64).generator_options["points_per_side"] == 64

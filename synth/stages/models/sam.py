@@ -118,7 +118,8 @@ class Sam(ModelSegmentation):
             raise ConfigError(f"segmentation.checkpoint={checkpoint}: no such file; {how_to_get(model_type)}")
         self.margin = setting("segmentation.margin", margin, 0.0, 0.5, hi_open=True)
         self.generator_options = {
-            "points_per_side": setting("segmentation.points_per_side", points_per_side, 1, integer=True),
+            # points_per_side**2 prompts per image: 1000 would run a million mask decodes on each
+            "points_per_side": setting("segmentation.points_per_side", points_per_side, 1, 128, integer=True),
             "pred_iou_thresh": setting("segmentation.pred_iou_thresh", pred_iou_thresh, 0.0, 1.0),
             "stability_score_thresh": setting("segmentation.stability_score_thresh", stability_score_thresh, 0.0, 1.0),
         }
