@@ -105,6 +105,10 @@ def skip_mask_folders(source: Any, stages: list[Any]) -> None:
     for stage in stages:
         if isinstance(stage, MaskFolder) and root is not None and hasattr(source, "skip"):
             masks, top = os.path.realpath(stage.path), os.path.realpath(root)
+            if masks == top and stage.suffix.lower() in getattr(source, "extensions", ()):
+                raise ConfigError(f"segmentation.suffix={stage.suffix}: segmentation.path is data.path, so each photo "
+                                  "would be its own mask; name the masks e.g. <stem>_mask.png (segmentation.suffix="
+                                  "_mask.png, with data.extensions that leave them out) or move them")
             if masks != top and os.path.commonpath([masks, top]) == top:
                 source.skip(masks)
 

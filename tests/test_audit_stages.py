@@ -198,3 +198,23 @@ def test_sam_refuses_an_absurd_point_grid(tmp_path):
     with pytest.raises(ConfigError, match=r"^segmentation\.points_per_side=100000: must be an integer >= 1 and <= 128$"):
         Sam(checkpoint=str(checkpoint), prompt="auto", points_per_side=100_000)
     assert Sam(checkpoint=str(checkpoint), prompt="auto", points_per_side=64).generator_options["points_per_side"] == 64
+
+
+def test_a_photo_is_never_its_own_mask(tmp_path):
+    """Fix: with segmentation.path = data.path and the photos' extension as segmentation.suffix
+    (the default .png), each photo was found as its own mask: the job ended 0 with masks that were
+    the photos' luminance. Now app.skip_mask_folders refuses it before anything is written, and
+    MaskFolder fails a sample whose mask is its input file (another spelling of the folder, data=csv)."""
+    from synth.sample import Sample
+    from synth.stages.segmentation import MaskFolder
+
+    data = photos(tmp_path / "in")
+    with pytest.raises(ConfigError, match=r"^segmentation\.suffix=\.png: segmentation\.path is data\.path, so each "
+                                          r"photo would be its own mask"):
+        run_job(data, tmp_path / "run", "segmentation=mask_folder", f"segmentation.path='{data}'")
+    assert not (tmp_path / "run").exists()
+
+    sample = Sample(index=0, id="000000", source=str(data / "p0.png"), seed=0)
+    sample.image = np.zeros((48, 64, 3), np.uint8)
+    with pytest.raises(Exception, match=r"is the input itself"):
+        MaskFolder(path=str(tmp_path / "in" / ".")).process_sample(sample)

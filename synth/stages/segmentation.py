@@ -160,6 +160,9 @@ class MaskFolder(Stage):
             raise SampleError(f"mask {path} is outside segmentation.path={self.path}")
         if not path.is_file():
             raise SampleError(f"no mask {path} for {sample.source}")
+        if _same_file(path, sample.source):  # segmentation.path = data.path, suffix = the photos' extension
+            raise SampleError(f"mask {path} is the input itself: segmentation.path holds the photos; name the masks "
+                              f"with another segmentation.suffix (e.g. _mask.png), or move them")
         try:
             orientation = check_header(path, self.limits)[2]
         except SampleError as err:
@@ -173,6 +176,13 @@ class MaskFolder(Stage):
         if abs(mh - mw * h / w) > max(1.0, 0.02 * mh):
             raise SampleError(f"mask {path} is {mw}x{mh} but the image is {w}x{h}: the aspect ratio differs")
         set_subject_mask(sample, resize(mask, (h, w)), f"mask {path}")
+
+
+def _same_file(a: Path, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
 
 
 def _mask_values(raw: np.ndarray, path: Path) -> np.ndarray:
