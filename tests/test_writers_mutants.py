@@ -294,6 +294,15 @@ def test_the_lock_heartbeat_touches_the_lock(tmp_path):
     assert lock.path.stat().st_mtime > 0
 
 
+def test_a_fresh_lock_of_another_host_is_honoured_whatever_its_pid_is_here(tmp_path):
+    # mutant: the pid checked on this host also for another host's lock (no such process here: taken over)
+    lock = RunLock(tmp_path)
+    lock.path.write_text(json.dumps({"pid": 999999999, "host": "node-elsewhere"}))
+    with pytest.raises(OutputError, match=r"busy: another synth job \(pid 999999999 on node-elsewhere\)"):
+        lock.acquire()
+    assert json.loads(lock.path.read_text())["host"] == "node-elsewhere"
+
+
 def test_an_os_error_while_taking_over_a_stale_lock_is_one_output_error(tmp_path, monkeypatch):
     # found here: only the lock's creation was turned into an OutputError, not the take-over of a
     # stale one (its temporary file and rename), which raised the bare OSError: a traceback
