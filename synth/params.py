@@ -93,6 +93,8 @@ class Param:
                 raise ConfigError(f"{key}={_show(spec)}: {v!r} is even; a kernel size must be odd")
         if odd and param.kind == "range" and param.values[0] == param.values[1] and param.values[0] % 2 == 0:
             raise ConfigError(f"{key}={_show(spec)}: range holds no odd value")
+        if integer:  # shadow.blur=51.0 draws (and records) 51
+            param = cls(key, param.kind, tuple(int(v) for v in param.values), param.weights, integer, odd)
         return param
 
     @classmethod

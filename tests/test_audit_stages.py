@@ -218,3 +218,14 @@ def test_a_photo_is_never_its_own_mask(tmp_path):
     sample.image = np.zeros((48, 64, 3), np.uint8)
     with pytest.raises(Exception, match=r"is the input itself"):
         MaskFolder(path=str(tmp_path / "in" / ".")).process_sample(sample)
+
+
+@pytest.mark.parametrize("spec", [51.0, [31.0, 51.0, 71.0], {31.0: 1, 51.0: 2}, [31.0, 51.0]])
+def test_an_integer_parameter_written_as_a_float_draws_integers(spec):
+    """Fix: Param.number keeps an integer parameter's values as ints. shadow.blur=51.0 (or a choice
+    [31.0,51.0,71.0]) was drawn as 51.0 and recorded so in every sample's metadata ("blur": 51.0)."""
+    from synth.params import Param
+
+    param = Param.number("shadow.blur", spec, 1, 1001, integer=True, odd=True)
+    drawn = {param.sample(0, index) for index in range(20)}
+    assert all(type(v) is int and v % 2 for v in drawn)
