@@ -335,3 +335,24 @@ def test_darken_never_takes_a_channel_below_zero():
     darken(linear, np.array([[1.15, 0.5]], np.float32), blocked_fraction("sky", 1.0, 0.1))
     assert linear[0, 0, 0] == 0.0 and (linear[0, 0] >= 0).all()
     assert linear[0, 1] == pytest.approx(0.5 * (1 - 0.5 * blocked_fraction("sky", 1.0, 0.1)))
+
+
+def test_the_penumbra_grows_towards_the_recorded_direction(monkeypatch):
+    """``blur_growth_direction`` (degrees, 0 = towards +x, 90 = towards +y) is where the penumbra
+    is widest: with the growth along x, the edge on that side of the image is the softer one."""
+    monkeypatch.setitem(PATTERNS, "two_edges", lambda rng, frame: ((np.abs(frame.coordinate(0)) < 0.25)
+                                                                   .astype(np.float32), {}))
+    stage = HardShadow(patterns="two_edges", blur=41, blur_growth=3.0, min_visibility=0,
+                       **{k: v for k, v in STEADY.items() if k != "blur_growth"})
+    seen = set()
+    for index in range(24):
+        sample = grey_card(256, mask=np.ones((256, 256), np.float32), index=index)
+        stage.process([sample])
+        along_x = np.cos(np.deg2rad(sample.params["shadow"]["blur_growth_direction"]))
+        if abs(along_x) < 0.8:
+            continue
+        left = edge_width(sample.shadow_matte[:, :128], range(96, 160, 8))
+        right = edge_width(sample.shadow_matte[:, 128:], range(96, 160, 8))
+        assert (right > 1.3 * left) if along_x > 0 else (left > 1.3 * right), (index, along_x, left, right)
+        seen.add(along_x > 0)
+    assert seen == {True, False}
