@@ -100,9 +100,10 @@ def job_device(value: Any) -> str:
 def skip_mask_folders(source: Any, stages: list[Any]) -> None:
     """A mask folder (``segmentation=mask_folder``) inside ``data.path`` is never listed as input:
     its masks would each be found as their own mask. One that is ``data.path`` itself (masks beside
-    the photos, ``segmentation.suffix=_mask.png``) or holds it is left alone."""
+    the photos, ``segmentation.suffix=_mask.png``) or holds it is left alone. A model stage's
+    ``fallback=mask_folder`` counts too."""
     root = getattr(source, "root", None)
-    for stage in stages:
+    for stage in [s for each in stages for s in (each, getattr(each, "fallback", None))]:
         if isinstance(stage, MaskFolder) and root is not None and hasattr(source, "skip"):
             masks, top = os.path.realpath(stage.path), os.path.realpath(root)
             if masks == top and stage.suffix.lower() in getattr(source, "extensions", ()):

@@ -229,3 +229,48 @@ def test_an_integer_parameter_written_as_a_float_draws_integers(spec):
     param = Param.number("shadow.blur", spec, 1, 1001, integer=True, odd=True)
     drawn = {param.sample(0, index) for index in range(20)}
     assert all(type(v) is int and v % 2 for v in drawn)
+
+
+def test_a_fallback_mask_folder_inside_data_path_is_not_listed_as_input(tmp_path):
+    """Fix: app.skip_mask_folders also looks at a model stage's fallback. With segmentation=sam3
+    segmentation.fallback={_target_: ...MaskFolder, path: DATA/masks} the masks under data.path
+    were listed as photos (each then its own fallback mask), as segmentation=mask_folder's are not."""
+    from synth.app import build_runner
+
+    data = photos(tmp_path / "in")
+    photo(data / "masks" / "p0.png", h=48, w=64)
+    model = tmp_path / "sam3"
+    model.mkdir()
+    (model / "config.json").write_text("{}")  # checked when built; the weights load in setup, never here
+    cfg = compose_config("data=folder", f"data.path='{data}'", "logger=none", "segmentation=sam3",
+                         f"segmentation.model='{model}'",
+                         f"+segmentation.fallback={{_target_:synth.stages.segmentation.MaskFolder,path:'{data / 'masks'}'}}")
+    assert build_runner(cfg, tmp_path / "run").source.paths == ["p0.png", "p1.png"]
+
+
+def test_a_fallback_given_as_a_mapping_in_the_config_is_used(tmp_path):
+    """Fix: build_fallback takes the stage Hydra's recursive instantiate already built from a
+    mapping with _target_. README offers fallback=mask_folder, but by name it cannot get its
+    segmentation.path, and as a mapping every job stopped with "segmentation.fallback=<synth.stages.
+    segmentation.MaskFolder object at 0x...>: give a segmentation option name such as grabcut, or a
+    mapping with _target_": a model stage could not fall back on masks at all."""
+    import cv2
+    from omegaconf import OmegaConf
+
+    from synth.app import build
+    from synth.sample import Sample
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    subject = np.zeros((48, 64), np.uint8)
+    subject[8:40, 10:30] = 255
+    cv2.imwrite(str(masks / "p0.png"), subject)
+    cfg = OmegaConf.create({"segmentation": {"_target_": "tests.test_integrity_inputs.SpeckSegmentation", "device": "cpu",
+                                             "fallback": {"_target_": "synth.stages.segmentation.MaskFolder",
+                                                          "path": str(masks)}}})
+    stage = build(cfg, "segmentation")
+    sample = Sample(index=0, id="000000", source=str(tmp_path / "in" / "p0.png"), seed=0)
+    sample.image = np.zeros((48, 64, 3), np.uint8)
+    stage.process([sample])
+    assert sample.ok and np.array_equal(sample.mask > 0.5, subject > 0)
+    assert sample.params["segmentation"]["fallback"] == "synth.stages.segmentation.MaskFolder"

@@ -95,6 +95,11 @@ def build_fallback(spec: Any) -> Stage | None:
 
     from synth.app import group_options
 
+    if isinstance(spec, Stage):  # a mapping with _target_ in the config: Hydra's recursive instantiate built it
+        stage = spec
+        if getattr(stage, "name", None) != "segmentation":
+            raise ConfigError(f"segmentation.fallback={type(stage).__name__}: not a segmentation stage")
+        return stage
     if isinstance(spec, str):
         options = group_options("segmentation")
         if spec not in options:
@@ -188,7 +193,8 @@ class ModelSegmentation(ModelStage):
         super().__init__(**kwargs)
         self.feather = setting("segmentation.feather", feather, 0.0, 0.1)
         self.fallback = build_fallback(fallback)
-        self.fallback_name = fallback if isinstance(fallback, str) else (fallback or {}).get("_target_")
+        self.fallback_name = (fallback if isinstance(fallback, str) else f"{type(fallback).__module__}.{type(fallback).__name__}"
+                              if isinstance(fallback, Stage) else (fallback or {}).get("_target_"))
 
     def setup(self, device: str) -> None:
         super().setup(device)
