@@ -10,7 +10,7 @@ import pytest
 
 from conftest import make_sample, soft_disc_mask
 from synth.errors import SampleError
-from synth.imaging import cut_out, kernel_to_sigma, srgb_to_linear, to_uint8
+from synth.imaging import cut_out, kernel_to_sigma, linear_to_srgb, srgb_to_linear, to_uint8
 from synth.stages.patterns import PATTERNS, render
 from synth.stages.recombine import AlphaComposite
 from synth.stages.shading import blocked_fraction, darken
@@ -356,3 +356,17 @@ def test_the_penumbra_grows_towards_the_recorded_direction(monkeypatch):
         assert (right > 1.3 * left) if along_x > 0 else (left > 1.3 * right), (index, along_x, left, right)
         seen.add(along_x > 0)
     assert seen == {True, False}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_tree_foliage_covers_its_recorded_target_coverage(seed):
+    matte, params = render("tree_foliage", np.random.default_rng(seed), 256, 384)
+    assert matte.mean() == pytest.approx(params["target_coverage"], abs=0.03)
+
+
+def test_linear_to_srgb_gives_the_nearest_level():
+    """Within 0.1 level of the exact sRGB encoding (README of the function), so never truncated."""
+    linear = np.linspace(0.0, 1.0, 200001, dtype=np.float32)
+    exact = 255 * np.where(linear <= 0.0031308, 12.92 * linear.astype(np.float64),
+                           1.055 * linear.astype(np.float64) ** (1 / 2.4) - 0.055)
+    assert np.abs(linear_to_srgb(linear) - exact).max() < 0.6
