@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import tarfile
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -14,7 +15,8 @@ import pytest
 
 from synth.data import ImageFolder
 from synth.errors import ConfigError, OutputError
-from synth.rundir import JsonlLog, RunLock, check_manifest, repair_torn_tail
+from synth.rundir import JsonlLog, RunLock, TimingStats, check_manifest, repair_torn_tail
+from synth.settings import first_difference
 from synth.writers.encoded import EncodedImages
 from synth.writers.folder import FolderWriter
 from synth.writers.hf import ROW_GROUP, HFDatasetWriter
@@ -169,6 +171,22 @@ def test_shards_of_inputs_gone_at_the_end_of_the_listing_still_resume(tmp_path):
     assert all(writer.is_complete(f"{i:06d}") for i in range(3))
 
 
+def test_a_link_named_like_a_shard_is_set_aside_not_read(tmp_path):
+    # mutant: a symlink to a readable shard elsewhere counted as this folder's shard
+    elsewhere = WebDatasetWriter()
+    elsewhere.open(tmp_path / "elsewhere")
+    commit_all(elsewhere, [make_sample(index=0, size=16)])
+    elsewhere.close()
+    writer = WebDatasetWriter()
+    writer.open(tmp_path / "run")
+    link = writer.dir / writer.shard_name(0)
+    link.symlink_to(elsewhere.dir / elsewhere.shard_name(0))
+    writer = WebDatasetWriter()
+    writer.open(tmp_path / "run")
+    assert not writer.is_complete("000000")
+    assert (writer.dir / (link.name + ".corrupt")).is_symlink() and not link.exists()
+
+
 def test_the_shards_of_another_shard_index_count_as_complete(tmp_path):
     # mutant: resume reads only this job's own shards (ids are global: another job's are skipped too)
     other = WebDatasetWriter()
@@ -224,6 +242,13 @@ def test_a_settings_file_without_this_writers_entry_gets_it(tmp_path):
     assert settings_of(writer) == mine
 
 
+def test_a_setting_that_only_the_new_job_has_is_a_difference():
+    # mutant: only the recorded keys compared (a stage added on resume went unnoticed)
+    then = {"seed": 0}
+    assert first_difference(then, dict(then, **{"captioning._target_": "x.Template"})) == (
+        "captioning=x.Template", "no captioning")
+
+
 # --- the folder layout ---------------------------------------------------------------------------
 def test_a_record_is_complete_only_when_it_lists_its_own_metadata_file(tmp_path):
     # mutant: `has` returns True once the listed files are there, even when none is listed
@@ -266,6 +291,22 @@ def test_a_torn_line_of_64_kib_leaves_the_line_before_it(tmp_path):
     assert path.read_bytes() == b'{"a": 1}\n'
 
 
+def test_a_torn_line_of_exactly_64_kib_is_cut_after_a_chunk_that_ends_a_line(tmp_path):
+    # mutant: "ends with a newline: nothing torn" tested on every chunk, not only the last one
+    path = tmp_path / "samples.jsonl"
+    path.write_bytes(b'{"a": 1}\n' + b"x" * 65536)
+    assert repair_torn_tail(path) == 65536
+    assert path.read_bytes() == b'{"a": 1}\n'
+
+
+def test_the_median_of_an_even_number_of_timings_is_the_mean_of_the_middle_two():
+    # mutant: the upper middle value
+    stats = TimingStats()
+    for ms in (4.0, 1.0, 3.0, 2.0):
+        stats.add(ms)
+    assert stats.summary() == {"median": 2.5, "mean": 2.5, "min": 1.0, "max": 4.0, "count": 4}
+
+
 def test_a_jsonl_line_is_on_disk_as_soon_as_it_is_written(tmp_path):
     # mutant: no flush after each line (a SIGKILLed job loses the lines it reported)
     log = JsonlLog(tmp_path / "samples.jsonl")
@@ -301,6 +342,16 @@ def test_a_fresh_lock_of_another_host_is_honoured_whatever_its_pid_is_here(tmp_p
     with pytest.raises(OutputError, match=r"busy: another synth job \(pid 999999999 on node-elsewhere\)"):
         lock.acquire()
     assert json.loads(lock.path.read_text())["host"] == "node-elsewhere"
+
+
+def test_a_lock_of_another_host_touched_a_minute_ago_is_honoured(tmp_path):
+    # mutant: stale after HEARTBEAT_S instead of STALE_AFTER_S (one late heartbeat: two jobs in one directory)
+    lock = RunLock(tmp_path)
+    lock.path.write_text(json.dumps({"pid": 1, "host": "node-elsewhere"}))
+    minute_ago = time.time() - 60
+    os.utime(lock.path, (minute_ago, minute_ago))
+    with pytest.raises(OutputError, match=r"busy: another synth job \(pid 1 on node-elsewhere\)"):
+        lock.acquire()
 
 
 def test_an_os_error_while_taking_over_a_stale_lock_is_one_output_error(tmp_path, monkeypatch):
