@@ -274,3 +274,14 @@ def test_a_fallback_given_as_a_mapping_in_the_config_is_used(tmp_path):
     stage.process([sample])
     assert sample.ok and np.array_equal(sample.mask > 0.5, subject > 0)
     assert sample.params["segmentation"]["fallback"] == "synth.stages.segmentation.MaskFolder"
+
+
+def test_a_fallback_option_missing_a_setting_says_how_to_give_it():
+    """Fix: the error for fallback=mask_folder (no path) says how to give the option's settings;
+    it pointed at segmentation.path=..., a key the model stage does not have."""
+    from synth.stages.models.base import build_fallback
+
+    with pytest.raises(ConfigError, match=r"^segmentation\.fallback: segmentation\.path: required .* \(an option's settings "
+                                          r"go in a mapping: segmentation\.fallback=\{_target_:synth\.stages\.segmentation"
+                                          r"\.MaskFolder,\.\.\.\}\)$"):
+        build_fallback("mask_folder")

@@ -114,7 +114,9 @@ def build_fallback(spec: Any) -> Stage | None:
         stage = instantiate(node, _convert_="all")
     except Exception as err:  # noqa: BLE001 - Hydra wraps the stage's own ConfigError
         cause = err.__cause__ if isinstance(err.__cause__, ConfigError) else err
-        raise ConfigError(f"segmentation.fallback: {one_line(cause)}") from None
+        how = (f" (an option's settings go in a mapping: segmentation.fallback={{_target_:{node.get('_target_')},...}})"
+               if isinstance(spec, str) else "")
+        raise ConfigError(f"segmentation.fallback: {one_line(cause)}{how}") from None
     if getattr(stage, "name", None) != "segmentation":
         raise ConfigError(f"segmentation.fallback={spec}: not a segmentation stage")
     return stage
