@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import signal
 import sys
 from importlib import resources
@@ -92,7 +93,7 @@ def build_runner(cfg: DictConfig, run_dir: Path) -> Runner:
 def job_device(value: Any) -> str:
     """The top-level ``device``: a torch device string (whether this machine has it is checked
     when a model stage sets up; the weight-free stages never use it)."""
-    if value is None or value in ("auto", "cpu", "cuda", "mps") or str(value).startswith("cuda:"):
+    if value is None or value in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", str(value)):
         return value
     raise ConfigError(f"device={value}: choose auto, cpu, cuda, cuda:N or mps")
 

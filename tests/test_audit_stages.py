@@ -285,3 +285,19 @@ def test_a_fallback_option_missing_a_setting_says_how_to_give_it():
                                           r"go in a mapping: segmentation\.fallback=\{_target_:synth\.stages\.segmentation"
                                           r"\.MaskFolder,\.\.\.\}\)$"):
         build_fallback("mask_folder")
+
+
+@pytest.mark.parametrize("device", ["cuda:abc", "cuda:", "cuda:0x", "mpsx", "cuda:-1"])
+def test_a_device_that_is_not_one_is_refused_when_the_stage_is_built(device):
+    """Fix: check_device (a stage's device) and app.job_device (the job's) take cuda:N with digits only.
+    segmentation.device=cuda:abc (or device=cuda:abc) passed the build and was refused when the model
+    set up, after the run directory was written (manifest.jsonl, samples.jsonl, metadata.json)."""
+    from synth.app import job_device
+    from synth.stages.models.sam3 import Sam3
+
+    with pytest.raises(ConfigError, match=rf"^segmentation\.device={device}: choose auto, cpu, cuda or cuda:N"):
+        Sam3(model="/nonexistent", device=device)
+    if device.startswith("cuda"):
+        with pytest.raises(ConfigError, match=rf"^device={device}: choose auto, cpu, cuda, cuda:N or mps$"):
+            job_device(device)
+    assert job_device("cuda:1") == "cuda:1"

@@ -9,6 +9,7 @@ Nothing here imports torch or transformers at module level, so building a stage 
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
@@ -40,7 +41,8 @@ def resolve_dtype(dtype: str, device: str) -> Any:
 
 def check_device(key: str, device: str | None) -> str | None:
     """None means the job's top-level ``device``."""
-    if device is None or device in ("auto", "cpu", "cuda") or str(device).startswith(("cuda:", "mps")):
+    # cuda:abc is refused here, not when the model sets up (after the run directory is written)
+    if device is None or re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps(:\d+)?", str(device)):
         return device
     raise ConfigError(f"{key}={device}: choose auto, cpu, cuda or cuda:N (or leave null for the job's device)")
 
