@@ -301,3 +301,13 @@ def test_a_device_that_is_not_one_is_refused_when_the_stage_is_built(device):
         with pytest.raises(ConfigError, match=rf"^device={device}: choose auto, cpu, cuda, cuda:N or mps$"):
             job_device(device)
     assert job_device("cuda:1") == "cuda:1"
+
+
+@pytest.mark.parametrize("value", [0, "abc", 1.5])
+def test_a_bad_mask_max_pixels_names_its_own_key(tmp_path, value):
+    """Fix: MaskFolder checks segmentation.max_pixels itself; the error named data.max_pixels
+    ("data.max_pixels=0: must be null or an integer >= 1"), a key the user had not set."""
+    from synth.stages.segmentation import MaskFolder
+
+    with pytest.raises(ConfigError, match=rf"^segmentation\.max_pixels={value}: must be an integer >= 1 or null$"):
+        MaskFolder(path=str(tmp_path), max_pixels=value)

@@ -138,6 +138,7 @@ class MaskFolder(Stage):
             raise ConfigError(f"segmentation.suffix={suffix}: must be the text after each input's stem in its "
                               "mask's file name, without a folder, e.g. .png or _mask.png")
         self.suffix = suffix
+        max_pixels = setting("segmentation.max_pixels", max_pixels, 1, integer=True, optional=True)  # Limits names data.*
         self.limits = Limits(min_side=1, max_side=None, max_pixels=max_pixels,
                              formats=("PNG", "TIFF", "BMP", "JPEG", "WEBP"))  # what OpenCV reads
 
