@@ -43,6 +43,10 @@ def build(cfg: DictConfig, key: str) -> Any:
         cause = err.__cause__
         if isinstance(cause, ConfigError):
             raise cause from None
+        unexpected = re.search(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'", str(cause))
+        if unexpected and str(node.get("_target_")).endswith("." + unexpected[1]):  # experiment=sun_shadows shadow=mix
+            raise ConfigError(f"{key}.{unexpected[2]}: not a setting of {node._target_} (set by an experiment=... "
+                              f"or +{key}.{unexpected[2]}=...); leave it out or choose another {key} option") from None
         raise ConfigError(f"{key}: {cause or err}".splitlines()[0]) from err
     except InterpolationResolutionError as err:  # captioning.template='remove ${x}': Hydra's traceback, exit 1
         raise ConfigError(f"{key}: {err}".splitlines()[0] + " (in a ${...} of one of its values)") from None

@@ -311,3 +311,14 @@ def test_a_bad_mask_max_pixels_names_its_own_key(tmp_path, value):
 
     with pytest.raises(ConfigError, match=rf"^segmentation\.max_pixels={value}: must be an integer >= 1 or null$"):
         MaskFolder(path=str(tmp_path), max_pixels=value)
+
+
+@pytest.mark.parametrize("shadow, key", [("soft_shading", "opacity"), ("mix", "base")])
+def test_an_experiment_for_another_option_names_the_key_it_set(tmp_path, shadow, key):
+    """Fix: app.build names the key a stage option does not take. experiment=sun_shadows sets
+    shadow=hard's keys; with shadow=soft_shading the job said "shadow: SoftShading.__init__() got an
+    unexpected keyword argument 'opacity'" (Python's words, no key)."""
+    with pytest.raises(ConfigError, match=rf"^shadow\.{key}: not a setting of synth\.stages\.shadow\.\w+ \(set by an "
+                                          rf"experiment=\.\.\. or \+shadow\.{key}=\.\.\.\)"):
+        run_job(photos(tmp_path / "in"), tmp_path / "run", "experiment=sun_shadows", f"shadow={shadow}", *FAST)
+    assert not (tmp_path / "run").exists()
