@@ -322,3 +322,26 @@ def test_an_experiment_for_another_option_names_the_key_it_set(tmp_path, shadow,
                                           rf"experiment=\.\.\. or \+shadow\.{key}=\.\.\.\)"):
         run_job(photos(tmp_path / "in"), tmp_path / "run", "experiment=sun_shadows", f"shadow={shadow}", *FAST)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("sigmas", [5, [True], [15, False], "15"])
+def test_albedo_sigmas_must_be_a_list_of_numbers(sigmas):
+    """Fix: Retinex checks the type before list(sigmas). albedo.sigmas=5 said "albedo: 'int' object
+    is not iterable" (no key), [true] ran with a sigma of 1.0, and "15" with a sigma of... a string."""
+    from synth.stages.albedo import Retinex
+
+    with pytest.raises(ConfigError, match=r"^albedo\.sigmas=.*: expected a list of positive numbers$"):
+        Retinex(sigmas=sigmas)
+    assert Retinex(sigmas=(15, 80.5)).sigmas == [15.0, 80.5]
+
+
+@pytest.mark.parametrize("color", [[True, 0, 0], [128.5, 0, 0], [float("nan"), 0, 0], "128", 300])
+def test_recombine_gray_color_takes_whole_levels_only(color):
+    """Fix: AlphaComposite refuses bools and fractions. [true,0,0] composited over [1,0,0], and
+    128.5 was cut to 128 by the uint8 conversion, each with exit 0."""
+    from synth.stages.recombine import AlphaComposite
+
+    with pytest.raises(ConfigError, match=r"^recombine\.gray_color=.*: expected \[r, g, b\], whole numbers in 0\.\.255$"):
+        AlphaComposite(background="gray", gray_color=color)
+    assert AlphaComposite(background="gray", gray_color=[128.0, 0, 255]).gray_color.tolist() == [128, 0, 255]
+    assert AlphaComposite(background="gray", gray_color=7).gray_color.tolist() == [7, 7, 7]

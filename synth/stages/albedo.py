@@ -29,8 +29,8 @@ class Retinex(Stage):
 
     def __init__(self, sigmas: Sequence[float] = (15, 80, 250), balance: float = 0.01,
                  blend=(0.15, 0.25)):
-        sigmas = list(sigmas)
-        if not sigmas or any(not isinstance(s, (int, float)) or not 0 < s < math.inf for s in sigmas):  # NaN too
+        if not isinstance(sigmas, (list, tuple)) or not sigmas or any(  # NaN too; true is no sigma
+                isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < math.inf for s in sigmas):
             raise ConfigError(f"albedo.sigmas={sigmas}: expected a list of positive numbers")
         self.balance = setting("albedo.balance", balance, 0.0, 0.5, hi_open=True)
         self.sigmas = [float(s) for s in sigmas]

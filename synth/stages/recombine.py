@@ -29,9 +29,12 @@ class AlphaComposite(Stage):
     def __init__(self, background: str = "original", gray_color=(128, 128, 128)):
         if background not in BACKGROUNDS:
             raise ConfigError(f"recombine.background={background}: choose from {', '.join(BACKGROUNDS)}")
-        gray = list(gray_color) if not isinstance(gray_color, (int, float)) else [gray_color] * 3
-        if len(gray) != 3 or any(not isinstance(c, (int, float)) or not 0 <= c <= 255 for c in gray):
-            raise ConfigError(f"recombine.gray_color={gray_color}: expected [r, g, b] in 0..255")
+        gray = [gray_color] * 3 if isinstance(gray_color, (int, float)) else gray_color
+        # whole numbers only: a PNG level is one (128.5 would be cut to 128, true read as 1)
+        if not isinstance(gray, (list, tuple)) or len(gray) != 3 or any(
+                isinstance(c, bool) or not isinstance(c, (int, float)) or not float(c).is_integer()
+                or not 0 <= c <= 255 for c in gray):
+            raise ConfigError(f"recombine.gray_color={gray_color}: expected [r, g, b], whole numbers in 0..255")
         self.background, self.gray_color = background, np.array(gray, np.float32)
 
     def process_sample(self, sample: Sample) -> None:
