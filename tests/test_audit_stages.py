@@ -345,3 +345,23 @@ def test_recombine_gray_color_takes_whole_levels_only(color):
         AlphaComposite(background="gray", gray_color=color)
     assert AlphaComposite(background="gray", gray_color=[128.0, 0, 255]).gray_color.tolist() == [128, 0, 255]
     assert AlphaComposite(background="gray", gray_color=7).gray_color.tolist() == [7, 7, 7]
+
+
+def test_a_label_mask_of_low_levels_fails_its_sample_saying_what_a_mask_is(tmp_path):
+    """Fix: empty_mask_reason refuses a mask no pixel of which is half subject. A label mask of
+    levels 0 and 3 (a class id) was read as 1.2 % alpha: it passed the coverage check and the
+    sample failed later with "degradation not visible", which points at the shadow, not the mask."""
+    from PIL import Image
+
+    data = photos(tmp_path / "in", 1)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    [name] = [p.stem for p in data.iterdir()]
+    label = np.zeros((48, 64), np.uint8)  # photos() makes 64 x 48 photos
+    label[6:42, 10:54] = 3
+    Image.fromarray(label).save(masks / f"{name}.png")
+    summary = run_job(data, tmp_path / "run", "segmentation=mask_folder", f"segmentation.path='{masks}'",
+                      "max_failure_rate=1")
+    [failure] = summary["failures"]
+    assert failure["stage"] == "segmentation"
+    assert "no pixel reaches 50 % (the strongest is 1.2%); a mask is soft alpha, white (255) = subject" in failure["error"]

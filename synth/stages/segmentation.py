@@ -27,11 +27,17 @@ MIN_SUBJECT = 0.001  # a mask covering less of the frame than this (0.1%) marks 
 
 
 def empty_mask_reason(mask: np.ndarray, what: str = "the mask") -> str | None:
-    """Why ``mask`` (bool or [0, 1]) is unusable, or None: its subject covers (almost) nothing.
-    A full-frame mask is usable: every stage handles a subject without background."""
+    """Why ``mask`` (bool or [0, 1]) is unusable, or None: its subject covers (almost) nothing,
+    or no pixel is even half subject (a label mask of levels 0 and 3 read as soft alpha: its
+    shadow would be invisible). A full-frame mask is usable: every stage handles a subject
+    without background."""
     covered = float(np.mean(mask, dtype=np.float64))
     if covered < MIN_SUBJECT:
         return f"{what} marks no subject: it covers {covered:.3%} of the frame (less than {MIN_SUBJECT:.1%})"
+    strongest = float(np.max(mask))
+    if strongest < 0.5:
+        return (f"{what} marks no subject: no pixel reaches 50 % (the strongest is {strongest:.1%}); a mask is soft "
+                f"alpha, white (255) = subject")
     return None
 
 
