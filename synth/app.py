@@ -104,9 +104,9 @@ def job_device(value: Any) -> str:
 
 def skip_mask_folders(source: Any, stages: list[Any]) -> None:
     """A mask folder (``segmentation=mask_folder``) inside ``data.path`` is never listed as input:
-    its masks would each be found as their own mask. One that is ``data.path`` itself (masks beside
-    the photos, ``segmentation.suffix=_mask.png``) or holds it is left alone. A model stage's
-    ``fallback=mask_folder`` counts too."""
+    its masks would each be found as their own mask. When it is ``data.path`` itself (masks beside
+    the photos, ``segmentation.suffix=_mask.png``) the files ending with the suffix are not listed;
+    one that holds ``data.path`` is left alone. A model stage's ``fallback=mask_folder`` counts too."""
     root = getattr(source, "root", None)
     for stage in [s for each in stages for s in (each, getattr(each, "fallback", None))]:
         if isinstance(stage, MaskFolder) and root is not None and hasattr(source, "skip"):
@@ -114,8 +114,10 @@ def skip_mask_folders(source: Any, stages: list[Any]) -> None:
             if masks == top and stage.suffix.lower() in getattr(source, "extensions", ()):
                 raise ConfigError(f"segmentation.suffix={stage.suffix}: segmentation.path is data.path, so each photo "
                                   "would be its own mask; name the masks e.g. <stem>_mask.png (segmentation.suffix="
-                                  "_mask.png, with data.extensions that leave them out) or move them")
-            if masks != top and os.path.commonpath([masks, top]) == top:
+                                  "_mask.png) or move them")
+            if masks == top and hasattr(source, "skip_names_ending"):
+                source.skip_names_ending(stage.suffix)  # each mask would be a photo without a mask
+            elif masks != top and os.path.commonpath([masks, top]) == top:
                 source.skip(masks)
 
 

@@ -72,6 +72,7 @@ class ImageFolder:
         self.limits = Limits(min_side=min_side, max_side=max_side, max_pixels=max_pixels,  # validates
                              formats=formats_for(self.extensions))  # a file opens only as a format it may have
         self.skip_dirs: set[str] = set()  # the run directory: never listed as input (see skip())
+        self.skip_endings: tuple[str, ...] = ()  # masks beside the photos (see skip_names_ending())
         self._paths: list[str] | None = None
         self._id_width: int | None = None
 
@@ -79,6 +80,11 @@ class ImageFolder:
         """Never list ``directory`` (the job's run directory) as input, even inside ``path``.
         Call before the listing is first used."""
         self.skip_dirs.add(os.path.realpath(directory))
+
+    def skip_names_ending(self, ending: str) -> None:
+        """Never list a file whose name ends with ``ending`` (``_mask.png``: the masks that
+        ``segmentation=mask_folder`` finds beside the photos). Call before the listing is used."""
+        self.skip_endings += (ending,)
 
     @property
     def paths(self) -> list[str]:
@@ -89,7 +95,7 @@ class ImageFolder:
             if os.path.realpath(self.root) in self.skip_dirs:  # every photo would be skipped as an output
                 raise ConfigError(f"{where}: is the run directory (hydra.run.dir): its photos would be "
                                   f"skipped as the job's outputs; choose another hydra.run.dir")
-            found = _list_images(self.root, self.extensions, self.recursive, self.skip_dirs)
+            found = _list_images(self.root, self.extensions, self.recursive, self.skip_dirs, self.skip_endings)
             if not found and self.limit != 0:
                 raise ConfigError(f"{where}: no images (data.extensions: {', '.join(self.extensions)}"
                                   f"{'' if self.recursive else '; data.recursive=false'})")
@@ -260,9 +266,10 @@ class CsvSource(ImageFolder):
         return target
 
 
-def _list_images(root: Path, extensions: tuple[str, ...], recursive: bool, skip: set[str]) -> list[str]:
-    """Relative posix paths of the image files under ``root``, sorted. Skipped: ``skip`` and
-    any synth run directory (see ``marks_run_dir``: Hydra's outputs/ inside
+def _list_images(root: Path, extensions: tuple[str, ...], recursive: bool, skip: set[str],
+                 skip_endings: tuple[str, ...] = ()) -> list[str]:
+    """Relative posix paths of the image files under ``root``, sorted. Skipped: the folders
+    ``skip``, the files whose names end with one of ``skip_endings``, and any synth run directory (see ``marks_run_dir``: Hydra's outputs/ inside
     ``data.path`` must not feed a job its own outputs). A path the system cannot open (longer
     than PATH_MAX, unreadable) is skipped with one warning, not fatal."""
     found: list[str] = []
@@ -287,7 +294,8 @@ def _list_images(root: Path, extensions: tuple[str, ...], recursive: bool, skip:
             rel = f"{rel_dir}{entry.name}"
             try:
                 if entry.is_file():
-                    if os.path.splitext(entry.name)[1].lower() in extensions:
+                    if (os.path.splitext(entry.name)[1].lower() in extensions
+                            and not (skip_endings and entry.name.endswith(skip_endings))):
                         found.append(rel)
                 elif recursive and entry.is_dir():
                     stack.append((rel + "/", entry.path))

@@ -219,6 +219,23 @@ def test_masks_beside_the_photos_leave_the_photos_listed(tmp_path):
     assert (summary["total"], summary["done"]) == (2, 2)
 
 
+def test_png_masks_beside_png_photos_are_not_listed_as_photos(tmp_path):
+    """Fix: app.skip_mask_folders has the listing leave out the files ending with
+    segmentation.suffix when the masks lie beside the photos (ImageFolder.skip_names_ending).
+    Without it each p0_mask.png was a photo of its own, whose mask p0_mask_mask.png did not exist:
+    half the samples failed, exit 1, and there was no data.extensions that listed only the photos."""
+    data = photos(tmp_path / "ds", 2)
+    photos(data / "sub", 1)  # recursive: sub/p0.png with sub/p0_mask.png
+    for name in ("p0", "p1", "sub/p0"):
+        mask(data / f"{name}_mask.png")
+    summary = run_job(data, tmp_path / "run", "segmentation=mask_folder", f"segmentation.path='{data}'",
+                      "segmentation.suffix=_mask.png")
+    assert (summary["total"], summary["done"], summary["failed"]) == (3, 3, 0)
+    from tests.conftest import read_samples
+    assert sorted(Path(r["source"]).relative_to(data).as_posix() for r in read_samples(tmp_path / "run")) == [
+        "p0.png", "p1.png", "sub/p0.png"]
+
+
 # --- a writer.path shared by jobs over different inputs ------------------------------------------
 @pytest.mark.parametrize("writer", ["webdataset", "hf"])
 def test_a_writer_path_holding_another_inputs_samples_is_refused(tmp_path, writer):
