@@ -82,24 +82,17 @@ def test_a_full_tar_shard_is_published_at_once_not_when_the_next_sample_comes(tm
     writer.close()
 
 
-def test_a_stopped_parquet_shard_leaves_no_shard_when_the_writer_closes(tmp_path):
-    # mutant: _drop_shard keeps the buffered rows, which close() then publishes as a partial shard
-    writer = HFDatasetWriter(rows_per_shard=10)
+@pytest.mark.parametrize("make, suffix", [(lambda: HFDatasetWriter(rows_per_shard=10), "*.parquet"),
+                                          (lambda: WebDatasetWriter(maxcount=10), "*.tar")], ids=["hf", "webdataset"])
+def test_a_stopped_shard_is_neither_published_nor_left_as_a_temporary_file(tmp_path, make, suffix):
+    # mutants: hf's _drop_shard keeps the buffered rows, which close() then publishes as a partial
+    # shard; webdataset's leaves ShardWriter's post hook (stopped() publishes the partial shard)
+    writer = make()
     writer.open(tmp_path)
     commit_all(writer, [make_sample(index=i, size=16) for i in range(3)])
     writer.stopped()
     writer.close()
-    assert list(writer.dir.glob("*.parquet")) == [] and list(writer.dir.glob(".*.tmp")) == []
-
-
-def test_a_stopped_tar_shard_is_neither_published_nor_left_as_a_temporary_file(tmp_path):
-    # mutant: _drop_shard leaves ShardWriter's post hook (stopped() publishes the partial shard)
-    writer = WebDatasetWriter(maxcount=10)
-    writer.open(tmp_path)
-    commit_all(writer, [make_sample(index=i, size=16) for i in range(3)])
-    writer.stopped()
-    writer.close()
-    assert list(writer.dir.glob("*.tar")) == [] and list(writer.dir.glob(".*.tmp")) == []
+    assert list(writer.dir.glob(suffix)) == [] and list(writer.dir.glob(".*.tmp")) == []
 
 
 @pytest.mark.parametrize("writer_class, option", [(WebDatasetWriter, "maxcount"), (HFDatasetWriter, "rows_per_shard")])
