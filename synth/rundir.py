@@ -120,9 +120,7 @@ class RunLock:
             raise OutputError(f"{printable(str(self.path.parent))}: busy: another synth job ({where}) is "
                               f"writing there ({LOCK_FILE}); wait for it or use another hydra.run.dir "
                               f"(remove {LOCK_FILE} only if no job runs there)")
-        tmp = self.path.with_name(f".{LOCK_FILE}.{os.getpid()}.tmp")
-        tmp.write_text(self.mine)
-        os.replace(tmp, self.path)
+        atomic_write(self.path, self.mine.encode())  # no temporary file left when it fails
         if self.path.read_text() != self.mine:  # another job took it over at the same moment
             raise OutputError(f"{printable(str(self.path.parent))}: busy: another synth job took over "
                               f"the stale {LOCK_FILE} at the same moment")

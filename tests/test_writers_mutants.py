@@ -359,6 +359,7 @@ def test_an_os_error_while_taking_over_a_stale_lock_is_one_output_error(tmp_path
     with pytest.raises(OutputError, match=r"^cannot write .*synth\.lock: No space left on device$"):
         lock.acquire()
     assert not lock.held
+    assert [p.name for p in tmp_path.iterdir()] == ["synth.lock"]  # its temporary file is not left behind
 
 
 def entries(data: Path, count: int):
