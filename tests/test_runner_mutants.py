@@ -1,0 +1,240 @@
+"""Behaviour of the runner, the app and the progress lines that hand-applied mutants showed no
+other test pins down: each test names the one-line change it catches."""
+
+from __future__ import annotations
+
+import logging
+import types
+from pathlib import Path
+
+import pytest
+from hydra.types import RunMode
+
+import synth.app as app
+import synth.progress as progress
+from synth.app import JobFailed, build_runner, check_group_choices, format_summary, job_device
+from synth.errors import OutputError
+from synth.loggers import NullLogger
+from synth.progress import Progress
+from tests.conftest import compose_config
+from tests.test_resume_integrity import photos
+
+
+class Clock:
+    """A hand-driven time.perf_counter for synth.progress."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(progress, "time", types.SimpleNamespace(perf_counter=fake.perf_counter))
+    return fake
+
+
+# --- progress lines --------------------------------------------------------------------------------
+def test_the_progress_line_counts_failures_and_the_time_left_from_what_is_left(clock):
+    # mutants: `self.failed += not ok` dropped; `left = total / rate` (what is done counted as left)
+    bar = Progress(10, every_s=30, terminal=False)
+    clock.now = 40.0
+    bar.update(True)
+    bar.update(False)
+    assert bar.line() == ("progress: 2/10 (20%), 1 failed, 0.05 images/s, 0m40s elapsed, "
+                          "about 2m40s left")
+
+
+def test_an_hour_reads_as_hours_and_minutes(clock):
+    # mutant: `seconds > 3600` (exactly an hour read "60m00s")
+    assert progress._duration(3600) == "1h00m"
+    assert progress._duration(3599) == "59m59s"
+    assert progress._duration(2 * 3600 + 5 * 60 + 59) == "2h05m"
+
+
+def test_progress_lines_come_every_every_s_seconds_not_after_every_sample_once_due(clock, caplog):
+    # mutant: `self.last_log = now` dropped (once every_s had passed, a line per sample)
+    bar = Progress(10, every_s=10, terminal=False)
+    with caplog.at_level(logging.INFO, logger="synth"):
+        for t in (5.0, 10.0, 12.0, 19.0, 21.0):
+            clock.now = t
+            bar.update(True)
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == ["progress: 2/10 (20%)", "progress: 5/10 (50%)"]
+
+
+def test_progress_every_s_0_turns_the_lines_off(clock, caplog):
+    # mutant: `self.every_s > 0 and` dropped (0 logged a line per sample)
+    bar = Progress(3, every_s=0, terminal=False)
+    with caplog.at_level(logging.INFO, logger="synth"):
+        for t in (1.0, 2.0, 3.0):
+            clock.now = t
+            bar.update(True)
+    assert caplog.records == []
+
+
+def test_the_terminal_bar_is_closed_and_logging_given_back_when_the_job_ends(capsys):
+    # mutant: __exit__ does not close its stack (the bar never finished, log records kept going
+    # through tqdm.write after the job)
+    handlers = list(logging.getLogger().handlers)
+    streams = [getattr(h, "stream", None) for h in handlers]
+    with Progress(2, terminal=True) as bar:
+        bar.update(True)
+        bar.update(False)
+    assert bar.bar.disable  # tqdm's close
+    assert list(logging.getLogger().handlers) == handlers
+    assert [getattr(h, "stream", None) for h in handlers] == streams
+
+
+# --- app: config to objects, summary, exit codes ---------------------------------------------------
+def test_device_cuda_with_a_two_digit_index_is_accepted():
+    # mutant: `cuda:\d` (cuda:10 on a 16-GPU node refused as a config error)
+    assert job_device("cuda:10") == "cuda:10"
+
+
+def test_a_null_group_choice_is_not_an_unknown_option():
+    # mutant: `value == "null"` dropped from check_group_choices (writer=null refused as unknown)
+    assert check_group_choices(["writer=null", "writers=[hf]"]) is None
+    assert "unknown option" in check_group_choices(["writer=nul"])
+
+
+def summary_of(**changes) -> dict:
+    summary = {"done": 5, "failed": 2, "skipped_complete": 0, "total": 7, "elapsed_s": 1.0, "images_per_s": 7.0,
+               "stage_ms": {}, "run_dir": "/r", "samples_file": "samples.jsonl", "failures_file": "failures.jsonl",
+               "failures": [{"id": "000001", "path": "/in/a.png", "stage": "load", "error": "bad"},
+                            {"id": "000002", "path": "/in/b.png", "stage": "load", "error": "bad"}],
+               "exit_code": 0}
+    return {**summary, **changes}
+
+
+def test_the_printed_summary_counts_only_the_failures_it_does_not_list():
+    # mutant: `failed >= len(failures)` ("... 0 more failures" under a complete list)
+    assert "more failures" not in format_summary(summary_of())
+    assert "  ... 3 more failures in failures.jsonl" in format_summary(summary_of(failed=5)).splitlines()
+
+
+class FakeHydra:
+    def __init__(self, mode):
+        self.cfg = types.SimpleNamespace(mode=mode, job=types.SimpleNamespace(num=3),
+                                         runtime=types.SimpleNamespace(output_dir="/out/3"))
+
+    def get(self):
+        return self.cfg
+
+
+@pytest.mark.parametrize("code", [130, 143])
+def test_a_signal_in_a_multirun_job_ends_the_process_with_its_status(monkeypatch, code):
+    # mutant: `and code < 128` dropped (Ctrl-C in a sweep became a JobFailed: the sweep went on)
+    monkeypatch.setattr(app, "HydraConfig", FakeHydra(RunMode.MULTIRUN))
+    with pytest.raises(SystemExit) as stopped:
+        app._end_job(code, "interrupted")
+    assert stopped.value.code == code
+    with pytest.raises(JobFailed, match="job 3 of the multirun .* exit 2"):
+        app._end_job(2, "config")
+
+
+def test_progress_every_s_and_workers_reach_the_runner(tmp_path):
+    # mutant: build_runner leaves out progress_every_s (progress_every_s=0 still logged every 30 s)
+    data = photos(tmp_path / "in", "a.png")
+    cfg = compose_config("data=folder", f"data.path='{data}'", "logger=none", "progress_every_s=0", "num_workers=2",
+                         "workers=threads")
+    runner = build_runner(cfg, tmp_path / "run")
+    assert (runner.progress_every_s, runner.num_workers, runner.workers) == (0.0, 2, "threads")
+
+
+# --- runner: what the logger is told --------------------------------------------------------------
+class SpyLogger(NullLogger):
+    def __init__(self) -> None:
+        self.samples, self.metrics, self.finished = [], [], []
+
+    def log_sample(self, sample, step):
+        self.samples.append((step, sample.id, sample.ok))
+
+    def log_metrics(self, metrics, step):
+        self.metrics.append((step, metrics["done"], metrics["failed"]))
+
+    def finish(self, summary, exit_code):
+        self.finished.append((exit_code, summary["exit_code"]))
+
+
+def spied_job(data: Path, run_dir: Path, *overrides: str):
+    cfg = compose_config("data=folder", f"data.path='{data}'", "logger=none", "num_workers=1", *overrides)
+    runner = build_runner(cfg, run_dir)
+    runner.logger = spy = SpyLogger()
+    return runner, spy
+
+
+def test_the_logger_gets_every_sample_and_metrics_after_every_batch_and_the_last(tmp_path):
+    # mutants: `logger.log_sample` dropped; `or done == todo_count` dropped (a last partial
+    # batch never logged); metrics "done" = the processed count (failures counted as done)
+    data = photos(tmp_path / "in", "a.png", "b.png", "d.png", "e.png")
+    (data / "c.png").write_text("not a picture")
+    runner, spy = spied_job(data, tmp_path / "run", "batch_size=2", "max_failure_rate=1")
+    summary = runner.run()
+    assert spy.samples == [(1, "000000", True), (2, "000001", True), (3, "000002", False), (4, "000003", True),
+                           (5, "000004", True)]
+    assert spy.metrics == [(2, 2, 0), (4, 3, 1), (5, 4, 1)]
+    assert spy.finished == [(0, 0)]
+    # mutant: images_per_s counts the done samples only (a failed one took its time too)
+    assert summary["images_per_s"] * summary["processing_s"] == pytest.approx(5, rel=0.05)
+
+
+# --- runner: failures ------------------------------------------------------------------------------
+def test_metadata_json_lists_the_first_10_failures_and_failures_jsonl_all(tmp_path):
+    # mutant: `len(first_failures) <= MAX_FAILURES_LISTED` (11 listed)
+    data = photos(tmp_path / "in", "a.png")
+    for i in range(12):
+        (data / f"bad{i:02d}.png").write_text("not a picture")
+    runner, _ = spied_job(data, tmp_path / "run", "max_failure_rate=1")
+    summary = runner.run()
+    failures = (tmp_path / "run" / "failures.jsonl").read_text().splitlines()
+    assert (summary["failed"], len(failures), len(summary["failures"])) == (12, 12, 10)
+    assert [f["path"] for f in summary["failures"]] == [str(data / f"bad{i:02d}.png") for i in range(10)]
+
+
+def test_a_resumed_run_rewrites_failures_jsonl_with_its_own_failures_only(tmp_path):
+    # mutant: failures.jsonl kept on resume (JsonlLog fresh=not resume): every rerun appended the
+    # same failed samples again
+    data = photos(tmp_path / "in", "a.png", "b.png")
+    (data / "c.png").write_text("not a picture")
+    for _ in range(2):
+        runner, _ = spied_job(data, tmp_path / "run", "max_failure_rate=1")
+        summary = runner.run()
+    assert (summary["skipped_complete"], summary["failed"]) == (2, 1)
+    assert len((tmp_path / "run" / "failures.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_disk_full_in_a_later_writer_takes_back_the_files_the_folder_wrote_for_that_sample(tmp_path):
+    # mutant: SampleWriter's `for writer in done: writer.discard(...)` skipped (a failed write that
+    # stops the job never reaches the commit that discards: the folder kept that sample's files)
+    data = photos(tmp_path / "in", "a.png")
+    runner, _ = spied_job(data, tmp_path / "run", "writers=[webdataset]")
+    folder, shards = runner.writers
+
+    def disk_full(sample, images=None):
+        raise OSError(28, "No space left on device", str(tmp_path / "run" / "shard.tar"))
+    shards.write = disk_full
+    with pytest.raises(OutputError, match="No space left on device"):
+        runner.run()
+    assert not [p for p in (tmp_path / "run").rglob("000000_*") if p.is_file()]
+
+
+# --- runner: resume ---------------------------------------------------------------------------------
+def test_a_record_whose_id_is_not_its_index_does_not_make_that_sample_complete(tmp_path):
+    # mutant: the `image_id == source.id_of(index)` check dropped (a record of sample 0's files,
+    # labelled with sample 1's index and input, made sample 1 complete: its outputs never came)
+    import json
+
+    data, run_dir = photos(tmp_path / "in", "a.png", "b.png"), tmp_path / "run"
+    spied_job(data, run_dir)[0].run()
+    samples = run_dir / "samples.jsonl"
+    first, second = [json.loads(line) for line in samples.read_text().splitlines()]
+    for path in run_dir.rglob("000001_*"):
+        path.unlink()
+    samples.write_text(json.dumps(first) + "\n" + json.dumps({**first, "index": 1, "source": second["source"]}) + "\n")
+    summary = spied_job(data, run_dir)[0].run()
+    assert (summary["skipped_complete"], summary["done"]) == (1, 1)
+    assert (run_dir / "outputs" / "000001_metadata.json").is_file()
+    assert [json.loads(line)["image_id"] for line in samples.read_text().splitlines()] == ["000000", "000001"]
