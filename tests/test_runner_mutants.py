@@ -238,3 +238,59 @@ def test_a_record_whose_id_is_not_its_index_does_not_make_that_sample_complete(t
     assert (summary["skipped_complete"], summary["done"]) == (1, 1)
     assert (run_dir / "outputs" / "000001_metadata.json").is_file()
     assert [json.loads(line)["image_id"] for line in samples.read_text().splitlines()] == ["000000", "000001"]
+
+
+# --- runner: which error is reported ------------------------------------------------------------------
+def test_a_later_close_error_does_not_replace_the_output_error_that_stopped_the_job(tmp_path):
+    # mutants: the close error raised even while the first error propagates (`and sys.exc_info()[1]
+    # is None` dropped); metadata.json's exit_reason overwritten by it (`!= EXIT_OUTPUT_ERROR` dropped)
+    import json
+
+    data, run_dir = photos(tmp_path / "in", "a.png"), tmp_path / "run"
+    runner, spy = spied_job(data, run_dir)
+    [folder] = runner.writers
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(run_dir / "outputs" / "first"))
+
+    def close():
+        raise OSError(5, "Input/output error", str(run_dir / "outputs" / "second"))
+    folder.write, folder.close = disk_full, close
+    with pytest.raises(OutputError, match="first: No space left on device$"):
+        runner.run()
+    summary = json.loads((run_dir / "metadata.json").read_text())
+    assert (summary["exit_code"], summary["exit_reason"]) == (3, f"cannot write {run_dir}/outputs/first: No space left on device")
+    assert spy.finished == [(3, 3)]
+
+
+def test_without_the_folder_writer_a_resume_keeps_every_line_of_samples_jsonl(tmp_path):
+    # mutant: a record counts as checked when `any` writer has it (no writer checks records
+    # without the folder: every line of samples.jsonl was dropped as incomplete on resume)
+    data, run_dir = photos(tmp_path / "in", "a.png", "b.png"), tmp_path / "run"
+    spied_job(data, run_dir, "~writer", "writers=[webdataset]")[0].run()
+    before = (run_dir / "samples.jsonl").read_bytes()
+    summary = spied_job(data, run_dir, "~writer", "writers=[webdataset]")[0].run()
+    assert (summary["skipped_complete"], summary["done"]) == (2, 0)
+    assert (run_dir / "samples.jsonl").read_bytes() == before
+
+
+# --- runner: log lines ------------------------------------------------------------------------------
+def test_the_log_says_what_is_to_do_what_was_complete_what_was_redone_and_what_failed(tmp_path, caplog):
+    # mutants: each of the runner's log calls dropped (a Slurm log without them does not say why a
+    # rerun did less, or redid a sample, or which input failed)
+    data, run_dir = photos(tmp_path / "in", "a.png", "b.png"), tmp_path / "run"
+    (data / "c.png").write_text("not a picture")
+    with caplog.at_level(logging.INFO, logger="synth"):
+        spied_job(data, run_dir, "max_failure_rate=1")[0].run()
+    messages = [r.getMessage() for r in caplog.records if r.name == "synth"]
+    assert f"3 samples to process into {run_dir}" in messages
+    failed = [m for m in messages if m.startswith("failed 000002")]
+    assert failed and f"({data / 'c.png'}) at load: " in failed[0]
+    (run_dir / "stage_1" / "000001_mask.png").write_bytes(b"short")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="synth"):
+        spied_job(data, run_dir, "max_failure_rate=1")[0].run()
+    messages = [r.getMessage() for r in caplog.records if r.name == "synth"]
+    assert f"resume: 1 of 3 samples already complete in {run_dir}" in messages
+    assert any(m.startswith("resume: 1 records in samples.jsonl are incomplete on disk") for m in messages)
+    assert f"2 samples to process into {run_dir}" in messages
