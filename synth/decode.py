@@ -198,7 +198,7 @@ def _decode_open(im: Image.Image, src: Any, limits: Limits) -> Decoded:
         raise DecodeError(f"corrupt or truncated {fmt or 'image'} data: {_one_line(err)}") from None
 
     orientation = im.getexif().get(0x0112, 1)  # EXIF Orientation
-    if orientation not in (None, 1):
+    if orientation in (2, 3, 4, 5, 6, 7, 8):  # 1 is upright; any other value is not one (left as stored)
         info["exif_orientation"] = orientation
         im = ImageOps.exif_transpose(im)
     try:

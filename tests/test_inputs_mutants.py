@@ -102,6 +102,19 @@ def test_an_upright_image_records_no_exif_orientation(tmp_path):
     assert sample.ok and "exif_orientation" not in sample.params["load"]
 
 
+
+@pytest.mark.parametrize("orientation", [0, 9, 65535])
+def test_an_invalid_exif_orientation_is_neither_applied_nor_recorded(tmp_path, orientation):
+    """Fix: decode recorded any Orientation value but 1 in params.load.exif_orientation ("the EXIF
+    orientation applied", README), also 0, 9 or 65535, which nothing applies (Pillow leaves the
+    pixels as stored, and check_header reads such a mask's as 1)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(gradient()).save(tmp_path / "odd.png", exif=exif.tobytes())
+    sample = load(tmp_path / "odd.png")
+    assert sample.ok and np.array_equal(sample.image, gradient())
+    assert "exif_orientation" not in sample.params["load"]
+
 # --- decode: formats and conversions -------------------------------------------------------------
 def test_a_camera_mpo_named_jpg_decodes_without_a_wrong_extension_warning(tmp_path, caplog):
     # mutant: MPO not read as a JPEG when comparing with the extension (every camera MPO warned)
@@ -183,6 +196,13 @@ def test_data_limit_0_on_an_empty_folder_is_an_empty_job_not_an_error(tmp_path):
     assert folder.paths == [] and list(folder.items()) == []
     with pytest.raises(ConfigError, match="no images"):
         _ = ImageFolder(str(tmp_path)).paths
+
+
+def test_data_limit_keeps_the_first_n_of_the_sorted_listing(tmp_path):
+    # mutant: `found[: limit + 1]` (one input more than asked for)
+    pngs(tmp_path, "c.png", "a.png", "b.png")
+    assert ImageFolder(str(tmp_path), limit=2).paths == ["a.png", "b.png"]
+    assert list(ImageFolder(str(tmp_path), limit=2, num_shards=2, shard_index=1).indices()) == [1]
 
 
 def test_the_listing_is_sorted_by_relative_path_across_folders(tmp_path):
@@ -439,12 +459,14 @@ def test_logger_dir_beats_wandb_dir_which_beats_the_run_dir(tmp_path, fake_init,
 
 
 def test_an_offline_init_failure_is_raised_an_online_one_retried_offline(tmp_path, fake_init, monkeypatch, capsys):
-    # mutant: the `mode != "online": raise` dropped (an offline failure retried as the same offline init)
+    # mutant: the `mode != "online": raise` dropped (an offline failure reported as an online one and
+    # retried as the same offline init)
     from synth.loggers import WandbLogger
 
     fake_init.fail = ("offline",)
     with pytest.raises(RuntimeError, match="offline init failed"):
         started(tmp_path)
+    assert "online init failed" not in capsys.readouterr().out  # not retried, not mislabelled
     fake_init.fail = ("online",)
     monkeypatch.setattr("synth.loggers._has_credentials", lambda wandb: True)
     logger = WandbLogger(mode="online")
