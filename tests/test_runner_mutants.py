@@ -294,3 +294,17 @@ def test_the_log_says_what_is_to_do_what_was_complete_what_was_redone_and_what_f
     assert f"resume: 1 of 3 samples already complete in {run_dir}" in messages
     assert any(m.startswith("resume: 1 records in samples.jsonl are incomplete on disk") for m in messages)
     assert f"2 samples to process into {run_dir}" in messages
+
+
+def test_a_writer_added_to_a_finished_run_leaves_samples_jsonl_one_line_per_sample(tmp_path):
+    # mutant: `if not self._recorded[sample.index]` dropped (a sample written only for the added
+    # writer got a second samples.jsonl line)
+    import json
+
+    data, run_dir = photos(tmp_path / "in", "a.png", "b.png"), tmp_path / "run"
+    spied_job(data, run_dir)[0].run()
+    before = (run_dir / "samples.jsonl").read_bytes()
+    summary = spied_job(data, run_dir, "writers=[webdataset]")[0].run()
+    assert summary["done"] == 2  # written to the webdataset shards
+    assert (run_dir / "samples.jsonl").read_bytes() == before
+    assert [json.loads(line)["image_id"] for line in before.splitlines()] == ["000000", "000001"]
