@@ -525,10 +525,15 @@ def test_mean_ms_per_stage_and_the_final_summary(tmp_path, fake_init):
 
 def test_image_size_null_logs_full_size(tmp_path, fake_init):
     # mutant: images always shrunk (README: logger.image_size=null is full size)
+    from tests.conftest import soft_disc_mask
+
     logger = started(tmp_path, image_size=None)
-    logger.log_sample(finished(0), 1)
+    sample = finished(0)
+    sample.image = sample.composite = np.repeat(np.repeat(sample.image, 10, axis=0), 10, axis=1)  # 640 px
+    sample.mask = soft_disc_mask(640, 640)
+    logger.log_sample(sample, 1)
     images, _ = fake_init.calls[0].logged[0]
-    assert images["stage_3_5/composite"].image.size == (64, 64)
+    assert images["stage_3_5/composite"].image.size == (640, 640)
 
 
 def test_the_overlay_counts_a_half_covered_pixel_as_subject(tmp_path, fake_init):
