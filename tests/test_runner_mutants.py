@@ -308,3 +308,17 @@ def test_a_writer_added_to_a_finished_run_leaves_samples_jsonl_one_line_per_samp
     assert summary["done"] == 2  # written to the webdataset shards
     assert (run_dir / "samples.jsonl").read_bytes() == before
     assert [json.loads(line)["image_id"] for line in before.splitlines()] == ["000000", "000001"]
+
+
+def test_a_failed_sample_leaves_no_files_of_an_earlier_run(tmp_path):
+    # mutant: the commit's discard of a failed sample dropped (files an earlier, killed run wrote
+    # for it stayed beside the failure)
+    data, run_dir = photos(tmp_path / "in", "a.png", "b.png"), tmp_path / "run"
+    (data / "c.png").write_text("not a picture")
+    stale = [run_dir / "stage_1" / "000002_mask.png", run_dir / "outputs" / "000002_metadata.json"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"from a killed run")
+    summary = spied_job(data, run_dir, "max_failure_rate=1")[0].run()
+    assert (summary["done"], summary["failed"]) == (2, 1)
+    assert not [p for p in run_dir.rglob("000002_*") if p.is_file()]
