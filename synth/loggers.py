@@ -85,10 +85,12 @@ class WandbLogger(NullLogger):
                  notes: str | None = None, mode: str | None = None, dir: str | None = None,
                  log_every_n: int = 1, max_images: int = 100, image_size: int | None = 512,
                  png_encoder: str = "auto"):
+        key = "logger.mode" if mode else "WANDB_MODE"  # null reads $WANDB_MODE: name where a bad value came from
         mode = mode or os.environ.get("WANDB_MODE") or "online"
         mode = MODE_ALIASES.get(mode, mode)
         if mode not in MODES:
-            raise ConfigError(f"logger.mode={mode}: choose from {', '.join(MODES)}")
+            raise ConfigError(f"{key}={mode}{'' if key == 'logger.mode' else ' (logger.mode=null)'}: "
+                              f"choose from {', '.join(MODES)}")
         self.log_every_n = setting("logger.log_every_n", log_every_n, 1, integer=True)
         self.max_images = setting("logger.max_images", max_images, 0, integer=True)
         self.image_size = setting("logger.image_size", image_size, 16, integer=True, optional=True)  # null: full size

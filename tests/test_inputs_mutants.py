@@ -410,6 +410,19 @@ def test_logger_mode_null_reads_wandb_mode_and_its_old_spellings(monkeypatch, en
     assert WandbLogger(mode="offline").mode == "offline"  # logger.mode wins
 
 
+def test_a_bad_wandb_mode_in_the_environment_is_named_as_such(monkeypatch):
+    """Fix: with logger.mode unset, a value of $WANDB_MODE that synth does not take (a typo, or
+    wandb's newer `shared`) was refused as `logger.mode=shared`, a key the user never set."""
+    from synth.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "shared")
+    with pytest.raises(ConfigError, match=r"^WANDB_MODE=shared \(logger\.mode=null\): choose from online, offline, "
+                                          r"disabled$"):
+        WandbLogger()
+    with pytest.raises(ConfigError, match=r"^logger\.mode=sometimes: choose from"):
+        WandbLogger(mode="sometimes")
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("project", "team/synth", r"^logger\.project=team/synth: W&B project names cannot contain"),
     ("tags", ["ok", ""], r"^logger\.tags=\['ok', ''\]: a tag or a list of tags, each 1 to 64 characters$"),
