@@ -79,6 +79,25 @@ def test_dtype_auto_follows_the_stages_own_device(monkeypatch):
     assert on_cpu.device == "cpu" and on_cpu.dtype == torch.float32
 
 
+def test_a_stage_on_device_auto_follows_the_jobs_gpu(monkeypatch):
+    """Bug found in review (base.py setup): README "device: auto = CUDA when present", and a job
+    on a node with n GPUs uses cuda:K, K = data.shard_index mod n. A model stage with its own
+    ``device=auto`` resolved it alone, as shard 0: every job of a sweep put that model on cuda:0
+    while the job's other models spread over the GPUs. Now ``auto`` takes the job's CUDA device;
+    on a CPU job it still means CUDA when present."""
+    fake_gpus(monkeypatch, 2)
+    stage = Counting(device="auto")
+    stage.setup("cuda:1")
+    assert stage.device == "cuda:1" and stage.dtype == torch.bfloat16
+    stage = Counting(device="auto")
+    stage.setup("cpu")
+    assert stage.device == "cuda:0"
+    fake_gpus(monkeypatch, 0)
+    stage = Counting(device="auto")
+    stage.setup("cpu")
+    assert stage.device == "cpu"
+
+
 def test_a_stage_used_without_setup_loads_its_model_on_the_first_batch():
     """A stage called directly (a notebook, a script) sets itself up once. Mutant: base.py
     process without ``self.setup("auto")`` (infer ran without a model)."""
@@ -338,17 +357,6 @@ def test_blip_num_beams_reaches_generation(tiny_blip, monkeypatch):
     assert batch[0].ok and seen == [{"num_beams": 3, "max_new_tokens": 8, "do_sample": False}]
 
 
-def test_blip_runs_in_bfloat16(tiny_blip):
-    """README: dtype ``bfloat16`` for every model stage. Mutant: blip.py infer without casting
-    pixel_values to the model's dtype (float32 pixels into bfloat16 weights: a dtype error)."""
-    stage = blip_stage(tiny_blip, "captioning.dtype=bfloat16")
-    assert stage.dtype == torch.bfloat16 and next(stage.model.parameters()).dtype == torch.bfloat16
-    batch = blip_photos()
-    stage.process(batch)
-    assert all(s.ok for s in batch), [s.error for s in batch]
-    assert all(s.params["captioning"]["caption"] for s in batch)
-
-
 # --- the fallback --------------------------------------------------------------------------------
 def test_a_fallback_mapping_that_builds_another_kind_of_stage_is_refused():
     """README: the fallback is 'another segmentation option'. A mapping is built by Hydra's
@@ -520,3 +528,27 @@ def test_not_a_number_in_a_float_mask_is_background(tmp_path):
     stage.process([sample])
     assert sample.ok, sample.error
     assert np.isfinite(sample.mask).all() and sample.mask.sum() == 16 * 16
+
+
+def test_sam3_best_keeps_the_highest_scoring_instance(tmp_path):
+    """README: ``instances=best`` keeps the highest-scoring one. Mutant: sam3.py infer
+    ``kept = kept[:1]`` (the first instance above threshold; the tiny random model's happens to
+    be its best, so the other sam3 tests pass)."""
+    masks = np.full((3, 16, 16), -10.0, np.float32)
+    masks[0, :8, :8], masks[1, 8:, 8:], masks[2, :8, 8:] = 10.0, 10.0, 10.0
+    sample = make_sample(size=16)
+    sam3_with(tmp_path, FakeSam3([1.0, 3.0, 2.0], masks), instances="best").process([sample])
+    assert sample.ok and sample.params["segmentation"]["instances"] == 1
+    assert sample.params["segmentation"]["scores"] == [round(float(torch.sigmoid(torch.tensor(3.0))), 4)]
+    assert (sample.mask[8:, 8:] == 1).all() and sample.mask.sum() == 64
+
+
+def test_sam_auto_keeps_the_largest_of_several_central_masks():
+    """README: ``prompt=auto`` keeps 'the largest mask covering the centre' (the generator lists
+    masks by its own score, not by size). Mutant: sam.py largest_central ``central[0]``."""
+    from synth.stages.models.sam import Sam
+
+    small, large, off = np.zeros((10, 10), bool), np.zeros((10, 10), bool), np.zeros((10, 10), bool)
+    small[4:7, 4:7], large[2:9, 2:9], off[:, :2] = True, True, True
+    candidates = [{"segmentation": m, "area": int(m.sum())} for m in (off, small, large)]
+    assert Sam.largest_central(candidates, (10, 10)) is large

@@ -60,7 +60,10 @@ class ModelStage(Stage):
     def setup(self, device: str) -> None:
         if self.loaded:  # once per process, however often the runner asks
             return
-        self.device = resolve_device(self.device_option or device)
+        option = self.device_option
+        if option == "auto" and str(device).startswith("cuda"):  # the job's GPU: cuda:K for shard K of a sweep
+            option = device
+        self.device = resolve_device(option or device)
         check_cuda(f"{self.name}.device" if self.device_option else "device", self.device)
         self.dtype = resolve_dtype(self.dtype_option, self.device)
         self.load()
