@@ -322,3 +322,18 @@ def test_a_failed_sample_leaves_no_files_of_an_earlier_run(tmp_path):
     summary = spied_job(data, run_dir, "max_failure_rate=1")[0].run()
     assert (summary["done"], summary["failed"]) == (2, 1)
     assert not [p for p in run_dir.rglob("000002_*") if p.is_file()]
+
+
+def test_a_finished_job_publishes_its_last_partial_shard(tmp_path):
+    # mutant: `not finished and` dropped from _close_writers (every job told its writers it stopped:
+    # the last, partial tar shard was dropped, its samples in no shard)
+    import tarfile
+
+    data, run_dir = photos(tmp_path / "in", "a.png", "b.png", "c.png"), tmp_path / "run"
+    summary = spied_job(data, run_dir, "writers=[webdataset]", "writers.webdataset.maxcount=2")[0].run()
+    assert summary["exit_code"] == 0
+    ids = []
+    for shard in sorted(run_dir.rglob("*.tar")):
+        with tarfile.open(shard) as tar:
+            ids += [m.name.split(".", 1)[0] for m in tar.getmembers() if m.name.endswith(".json")]
+    assert ids == ["000000", "000001", "000002"]
