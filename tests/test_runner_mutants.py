@@ -3,7 +3,9 @@ other test pins down: each test names the one-line change it catches."""
 
 from __future__ import annotations
 
+import json
 import logging
+import tarfile
 import types
 from pathlib import Path
 
@@ -225,8 +227,6 @@ def test_a_disk_full_in_a_later_writer_takes_back_the_files_the_folder_wrote_for
 def test_a_record_whose_id_is_not_its_index_does_not_make_that_sample_complete(tmp_path):
     # mutant: the `image_id == source.id_of(index)` check dropped (a record of sample 0's files,
     # labelled with sample 1's index and input, made sample 1 complete: its outputs never came)
-    import json
-
     data, run_dir = photos(tmp_path / "in", "a.png", "b.png"), tmp_path / "run"
     spied_job(data, run_dir)[0].run()
     samples = run_dir / "samples.jsonl"
@@ -244,8 +244,6 @@ def test_a_record_whose_id_is_not_its_index_does_not_make_that_sample_complete(t
 def test_a_later_close_error_does_not_replace_the_output_error_that_stopped_the_job(tmp_path):
     # mutants: the close error raised even while the first error propagates (`and sys.exc_info()[1]
     # is None` dropped); metadata.json's exit_reason overwritten by it (`!= EXIT_OUTPUT_ERROR` dropped)
-    import json
-
     data, run_dir = photos(tmp_path / "in", "a.png"), tmp_path / "run"
     runner, spy = spied_job(data, run_dir)
     [folder] = runner.writers
@@ -259,7 +257,8 @@ def test_a_later_close_error_does_not_replace_the_output_error_that_stopped_the_
     with pytest.raises(OutputError, match="first: No space left on device$"):
         runner.run()
     summary = json.loads((run_dir / "metadata.json").read_text())
-    assert (summary["exit_code"], summary["exit_reason"]) == (3, f"cannot write {run_dir}/outputs/first: No space left on device")
+    reason = f"cannot write {run_dir}/outputs/first: No space left on device"
+    assert (summary["exit_code"], summary["exit_reason"]) == (3, reason)
     assert spy.finished == [(3, 3)]
 
 
@@ -299,8 +298,6 @@ def test_the_log_says_what_is_to_do_what_was_complete_what_was_redone_and_what_f
 def test_a_writer_added_to_a_finished_run_leaves_samples_jsonl_one_line_per_sample(tmp_path):
     # mutant: `if not self._recorded[sample.index]` dropped (a sample written only for the added
     # writer got a second samples.jsonl line)
-    import json
-
     data, run_dir = photos(tmp_path / "in", "a.png", "b.png"), tmp_path / "run"
     spied_job(data, run_dir)[0].run()
     before = (run_dir / "samples.jsonl").read_bytes()
@@ -327,8 +324,6 @@ def test_a_failed_sample_leaves_no_files_of_an_earlier_run(tmp_path):
 def test_a_finished_job_publishes_its_last_partial_shard(tmp_path):
     # mutant: `not finished and` dropped from _close_writers (every job told its writers it stopped:
     # the last, partial tar shard was dropped, its samples in no shard)
-    import tarfile
-
     data, run_dir = photos(tmp_path / "in", "a.png", "b.png", "c.png"), tmp_path / "run"
     summary = spied_job(data, run_dir, "writers=[webdataset]", "writers.webdataset.maxcount=2")[0].run()
     assert summary["exit_code"] == 0
