@@ -509,10 +509,10 @@ def test_image_rows_never_go_back_a_step(tmp_path, fake_init):
     assert [step for _, step in fake_init.calls[0].logged] == [5, 5, 7]
 
 
-def test_mean_ms_per_stage_and_the_final_summary(tmp_path, fake_init):
+def test_mean_ms_per_stage_and_the_final_summary(tmp_path, fake_init, capsys):
     # mutants: ms/<stage> the sum, not the mean; exit_code left out of the summary;
     # records_count not counted; the run finished as a success whatever the job's exit code;
-    # the failures table not logged
+    # the failures table not logged; no `wandb sync` hint for an offline run
     import wandb
 
     logger = started(tmp_path)
@@ -534,6 +534,7 @@ def test_mean_ms_per_stage_and_the_final_summary(tmp_path, fake_init):
     tables = {key: value for data, _ in run.logged for key, value in data.items() if isinstance(value, wandb.Table)}
     assert sorted(tables) == ["failures", "samples"]
     assert tables["failures"].data == [["000002", failed.source, "shadow", "boom"]]
+    assert f"upload it with: wandb sync {Path(run.dir).parent}" in capsys.readouterr().out
 
 
 def test_image_size_null_logs_full_size(tmp_path, fake_init):
