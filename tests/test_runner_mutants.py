@@ -14,8 +14,8 @@ from hydra.types import RunMode
 
 import synth.app as app
 import synth.progress as progress
-from synth.app import JobFailed, build_runner, check_group_choices, format_summary, job_device
-from synth.errors import OutputError
+from synth.app import JobFailed, build_runner, build_writers, check_group_choices, format_summary, job_device
+from synth.errors import ConfigError, OutputError
 from synth.loggers import NullLogger
 from synth.progress import Progress
 from tests.conftest import compose_config
@@ -332,3 +332,10 @@ def test_a_finished_job_publishes_its_last_partial_shard(tmp_path):
         with tarfile.open(shard) as tar:
             ids += [m.name.split(".", 1)[0] for m in tar.getmembers() if m.name.endswith(".json")]
     assert ids == ["000000", "000001", "000002"]
+
+
+def test_a_writer_selected_twice_is_one_config_error():
+    # mutant: build_writers' check for a writer already selected dropped (two webdataset writers
+    # wrote into the same shards)
+    with pytest.raises(ConfigError, match=r"^writers\.webdataset: already selected by `writer` or earlier"):
+        build_writers(compose_config("writer=webdataset", "writers=[webdataset]"))
