@@ -339,3 +339,11 @@ def test_a_writer_selected_twice_is_one_config_error():
     # wrote into the same shards)
     with pytest.raises(ConfigError, match=r"^writers\.webdataset: already selected by `writer` or earlier"):
         build_writers(compose_config("writer=webdataset", "writers=[webdataset]"))
+
+
+def test_the_summary_names_the_shard_it_ran(tmp_path):
+    # mutant: summary["shard"]["index"] always 0 (shard 1's metadata.json read as shard 0's)
+    data = photos(tmp_path / "in", "a.png", "b.png", "c.png")
+    summary = spied_job(data, tmp_path / "run", "data.num_shards=2", "data.shard_index=1")[0].run()
+    assert summary["shard"] == {"index": 1, "num_shards": 2}
+    assert (summary["total"], summary["done"]) == (1, 1)
