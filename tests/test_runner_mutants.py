@@ -347,3 +347,9 @@ def test_the_summary_names_the_shard_it_ran(tmp_path):
     summary = spied_job(data, tmp_path / "run", "data.num_shards=2", "data.shard_index=1")[0].run()
     assert summary["shard"] == {"index": 1, "num_shards": 2}
     assert (summary["total"], summary["done"]) == (1, 1)
+
+
+def test_group_null_means_the_group_removed_and_a_value_null_stays():
+    # mutant: drop_null_groups passes every argument on (writer=null reached Hydra: a traceback)
+    assert app.drop_null_groups(["writer=null", "data.limit=null", "seed=1", "writers=[hf]"]) == [
+        "~writer", "data.limit=null", "seed=1", "writers=[hf]"]
