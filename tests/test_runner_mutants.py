@@ -3,9 +3,11 @@ other test pins down: each test names the one-line change it catches."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import tarfile
+import sys
 import types
 from pathlib import Path
 
@@ -353,3 +355,18 @@ def test_group_null_means_the_group_removed_and_a_value_null_stays():
     # mutant: drop_null_groups passes every argument on (writer=null reached Hydra: a traceback)
     assert app.drop_null_groups(["writer=null", "data.limit=null", "seed=1", "writers=[hf]"]) == [
         "~writer", "data.limit=null", "seed=1", "writers=[hf]"]
+
+
+def test_a_console_log_line_to_a_closed_stdout_is_dropped_without_a_report(monkeypatch):
+    # mutant: `or (ValueError and sys.stdout.closed)` dropped (every console line after stdout was
+    # closed reported "ValueError: I/O operation on closed file" with a traceback on stderr)
+    closed = io.StringIO()
+    closed.close()
+    monkeypatch.setattr(sys, "stdout", closed)
+    reported = []
+    for error in (ValueError("I/O operation on closed file."), TypeError("not all arguments converted")):
+        try:
+            raise error
+        except (ValueError, TypeError):
+            app._unless_stdout_is_gone(reported.append, type(error).__name__)
+    assert reported == ["TypeError"]  # a log call's own mistake is still reported
