@@ -8,6 +8,7 @@ import io
 import itertools
 import logging
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +146,8 @@ class ImageFolder:
             for index in block:
                 try:
                     st = os.stat(os.path.join(root, paths[index]))
+                    if not stat.S_ISREG(st.st_mode):  # a folder (an empty data=csv cell: the CSV's own),
+                        raise IsADirectoryError  # whose mtime moves with its files: no input to pin
                     out.append((index, st.st_size, st.st_mtime_ns))
                 except (OSError, ValueError):  # ValueError: a NUL byte in a data=csv path
                     out.append((index, -1, 0))

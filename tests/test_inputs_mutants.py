@@ -284,6 +284,18 @@ def test_an_input_that_cannot_be_stat_ed_is_pinned_with_size_minus_1(tmp_path):
     assert entries[1] == (1, "000001", "b.png", -1, 0)
 
 
+
+def test_a_csv_row_naming_a_folder_or_nothing_pins_no_size_or_mtime(tmp_path):
+    """Fix: entries() pinned an empty CSV cell (the CSV's folder) or a row naming a folder with the
+    folder's size and mtime. The sample fails at load either way, but any file added to that folder
+    later changed its mtime: the resume was refused, exit 2, `data.path:  (id 000001) changed since
+    this run directory's first run`. A path that is not a file is pinned as one that cannot be read."""
+    pngs(tmp_path, "a.png", "sub/b.png")
+    (tmp_path / "t.csv").write_text("image_path,note\na.png,x\n,empty\nsub,a folder\n")
+    entries = list(CsvSource(path=str(tmp_path / "t.csv")).entries())
+    assert entries[0][3] == (tmp_path / "a.png").stat().st_size
+    assert entries[1:] == [(1, "000001", "", -1, 0), (2, "000002", "sub", -1, 0)]
+
 # --- data: what load puts on the sample ----------------------------------------------------------
 def test_load_records_the_decode_info_and_keeps_the_alpha(tmp_path):
     # mutants: params["load"] not set; the decoded alpha dropped (segmentation=alpha had none)
