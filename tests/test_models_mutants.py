@@ -65,6 +65,19 @@ def test_a_missing_gpu_names_the_stages_key_or_the_jobs(monkeypatch):
         Counting().setup("cuda")
 
 
+def test_the_last_gpu_is_cuda_n_minus_1(monkeypatch):
+    """README: cuda:9 on a 2-GPU node is refused with one line (cuda:0 to cuda:1). Mutant:
+    stages/base.py check_cuda ``int(index) <= count`` (cuda:2 on 2 GPUs passed the check and
+    ended in torch's 'invalid device ordinal' traceback)."""
+    from synth.stages.base import check_cuda
+
+    fake_gpus(monkeypatch, 2)
+    check_cuda("segmentation.device", "cuda:1")
+    with pytest.raises(ConfigError, match=r"^segmentation\.device=cuda:2: this machine has 2 CUDA GPUs: use cuda or "
+                                          r"cuda:0 to cuda:1$"):
+        check_cuda("segmentation.device", "cuda:2")
+
+
 def test_dtype_auto_follows_the_stages_own_device(monkeypatch):
     """README: dtype ``auto`` = bfloat16 on a GPU, float32 on the CPU: the device the stage runs
     on. Mutant: base.py setup ``resolve_dtype(self.dtype_option, device)`` (the job's device):
@@ -499,18 +512,6 @@ def test_an_opaque_colour_mask_uses_its_grey_levels(tmp_path):
     sample.source = str(tmp_path / "in" / "p.jpg")
     stage.process([sample])
     assert sample.ok and sample.mask[8:24, 8:24].min() == 1 and sample.mask.sum() == 16 * 16
-
-
-def test_an_opaque_alpha_channel_fails_the_sample(tmp_path):
-    """README: segmentation=alpha fails an input 'with a uniform one (fully opaque)'. Mutant:
-    segmentation.py AlphaMask without the ``lo == hi`` check (a full-frame 'subject')."""
-    from synth.stages.segmentation import AlphaMask
-
-    sample = make_sample(size=16)
-    sample.alpha = np.full((16, 16), 255, np.uint8)
-    with pytest.raises(SampleError) as err:
-        AlphaMask().process_sample(sample)
-    assert str(err.value) == "segmentation=alpha: the alpha channel is uniform (255), so it marks no subject"
 
 
 def test_not_a_number_in_a_float_mask_is_background(tmp_path):
