@@ -15,7 +15,7 @@ from PIL import Image, ImageOps, JpegImagePlugin
 
 from synth import decode as decode_module
 from synth.data import CsvSource, ImageFolder
-from synth.decode import Limits, check_header, decode, formats_for, jpeg_scans, orient
+from synth.decode import Limits, check_header, formats_for, jpeg_scans, orient
 from synth.errors import ConfigError
 from tests.test_robustness_inputs import assert_refused, gradient, load
 
@@ -131,7 +131,8 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_dct_scale(tmp_path, monkeypatch):
     Image.fromarray(gradient(1000, 600)).save(tmp_path / "big.jpg", quality=90)
     asked = []
     draft = JpegImagePlugin.JpegImageFile.draft
-    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", lambda self, mode, size: asked.append(size) or draft(self, mode, size))
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                        lambda self, mode, size: asked.append(size) or draft(self, mode, size))
     assert load(tmp_path / "big.jpg", max_side=150).image.shape == (150, 90, 3)
     assert asked == [(90, 150)]
 
@@ -453,7 +454,8 @@ def test_numbers_given_as_logger_text_become_text():
     from synth.loggers import WandbLogger
 
     logger = WandbLogger(name=123, group=2.5, tags=7)
-    assert logger.init_kwargs["name"] == "123" and logger.init_kwargs["group"] == "2.5" and logger.init_kwargs["tags"] == ["7"]
+    kwargs = logger.init_kwargs
+    assert kwargs["name"] == "123" and kwargs["group"] == "2.5" and kwargs["tags"] == ["7"]
 
 
 def test_max_images_0_logs_no_images_and_asks_workers_for_none(tmp_path, fake_init):
