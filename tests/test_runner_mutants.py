@@ -370,3 +370,13 @@ def test_a_console_log_line_to_a_closed_stdout_is_dropped_without_a_report(monke
         except (ValueError, TypeError):
             app._unless_stdout_is_gone(reported.append, type(error).__name__)
     assert reported == ["TypeError"]  # a log call's own mistake is still reported
+
+
+def test_a_summary_that_cannot_be_printed_does_not_fail_the_job(monkeypatch):
+    # mutant: _print_summary re-raises (a finished job whose stdout is closed would end 1). The
+    # subprocess tests of a gone reader pass either way: their first console log line already
+    # pointed stdout at /dev/null, so the summary's print never fails there.
+    closed = io.StringIO()
+    closed.close()
+    monkeypatch.setattr(sys, "stdout", closed)
+    app._print_summary("synth: 1 done")
