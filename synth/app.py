@@ -38,7 +38,7 @@ def build(cfg: DictConfig, key: str) -> Any:
         raise ConfigError(f"{key}: no option of this group is selected (~{key}), yet {key}.{next(iter(node), '')} "
                           f"is set (e.g. by experiment=...); select one, {key}=..., or leave out what sets it")
     try:
-        return instantiate(cfg[key], _convert_="all")
+        return instantiate(node, _convert_="all")
     except InstantiationException as err:
         cause = err.__cause__
         if isinstance(cause, ConfigError):

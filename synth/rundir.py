@@ -355,7 +355,8 @@ def _write_atomically(path: Path, blocks: Iterable[bytes]) -> None:
         raise as_output_error(err) from err
 
 
-def _manifest_lines(entries, total: int, num_shards: int = 1, settings: dict[str, Any] | None = None) -> Iterator[bytes]:
+def _manifest_lines(entries, total: int, num_shards: int = 1,
+                    settings: dict[str, Any] | None = None) -> Iterator[bytes]:
     """The manifest, encoded in blocks: a header object (with the job's settings), then one
     compact JSON array per input, ``[index, id, path, size, mtime_ns]`` (formatted by hand: a
     million lines in seconds)."""

@@ -9,9 +9,8 @@ with the first difference.
 What counts: ``seed``, ``data.max_side`` (the images are resized to it), every key of the stage
 groups but ``batch_size`` and ``device`` (they change how fast, not what; model stages stay
 within float rounding), and each writer's ``format`` (and ``quality`` for webp/jpg) and
-``intermediates``. Not: the
-inputs (the manifest checks those), workers, logging, shard sizes, PNG encoder and level
-(lossless: the same pixels). Settings are flattened to dotted keys (``shadow.opacity``).
+``intermediates``. Not: the inputs (the manifest checks those), workers, logging, shard sizes,
+PNG encoder and level (lossless: the same pixels). Settings are flattened to dotted keys (``shadow.opacity``).
 """
 
 from __future__ import annotations
@@ -75,7 +74,9 @@ def first_difference(then: Mapping[str, Any], now: Mapping[str, Any]) -> tuple[s
         if key.startswith(WRITER_PREFIX) and (key not in then or key not in now):
             continue
         if then.get(key, _ABSENT) != now.get(key, _ABSENT):
-            name = key.replace(WRITER_PREFIX, "the ", 1).replace(".", " writer's ", 1) if key.startswith(WRITER_PREFIX) else key
+            name = key
+            if key.startswith(WRITER_PREFIX):  # writer:folder.format -> the folder writer's format
+                name = key.replace(WRITER_PREFIX, "the ", 1).replace(".", " writer's ", 1)
             return _setting(name, now.get(key, _ABSENT)), _setting(name, then.get(key, _ABSENT))
     return None
 

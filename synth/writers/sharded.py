@@ -159,32 +159,26 @@ class ShardedWriter:
             try:
                 recorded = json.loads(path.read_bytes())
             except FileNotFoundError:
-                recorded = None
+                try:
+                    create_exclusive(path, (to_json(mine) + "\n").encode())
+                    return
+                except FileExistsError:
+                    continue
             except (OSError, ValueError):  # unreadable: nothing to compare with
                 recorded = {}
-            if not isinstance(recorded, (dict, type(None))):
-                recorded = {}
-            difference = first_difference(recorded, mine) if recorded else None
-            if recorded is not None and difference is None:
-                if recorded != mine:
-                    atomic_write_json(path, mine)
-                return
+            difference = first_difference(recorded, mine) if isinstance(recorded, dict) and recorded else None
             if difference is not None:
-                others = any(p.name.startswith(f"{self.prefix}-") and not p.name.startswith(f"{self.prefix}-{self.shard_index:04d}-")
-                             for p in self.dir.glob(f"{self.prefix}-*{self.suffix}"))
+                own = set(self._own_shards().values())
+                others = any(shard not in own for shard in self.dir.glob(f"{self.prefix}-*{self.suffix}"))
                 if resume or others:
                     now, then = difference
                     raise ConfigError(f"{now}: the samples in {printable(str(self.dir))} were made with {then} "
                                       f"({SETTINGS_FILE}) and would be kept beside this job's; use another "
                                       f"writer.path (writers.{self.name}.path)"
                                       + ("" if others else ", or resume=false to start this shard over"))
-                atomic_write_json(path, mine)  # start over, with nobody else's samples there
-                return
-            try:
-                create_exclusive(path, (to_json(mine) + "\n").encode())
-                return
-            except FileExistsError:
-                continue
+            if recorded != mine:  # starting over, a writer entry added, or unreadable
+                atomic_write_json(path, mine)
+            return
         raise OutputError(f"{printable(str(path))}: created and removed by other jobs while this one started; rerun")
 
     def _own_shards(self) -> dict[int, Path]:
