@@ -272,8 +272,8 @@ class CsvSource(ImageFolder):
 def _list_images(root: Path, extensions: tuple[str, ...], recursive: bool, skip: set[str],
                  skip_endings: tuple[str, ...] = ()) -> list[str]:
     """Relative posix paths of the image files under ``root``, sorted. Skipped: the folders
-    ``skip``, the files whose names end with one of ``skip_endings``, and any synth run directory (see ``marks_run_dir``: Hydra's outputs/ inside
-    ``data.path`` must not feed a job its own outputs). A path the system cannot open (longer
+    ``skip``, the files whose names end with one of ``skip_endings``, and any synth run directory
+    (see ``marks_run_dir``: Hydra's outputs/ inside ``data.path`` must not feed a job its own outputs). A path the system cannot open (longer
     than PATH_MAX, unreadable) is skipped with one warning, not fatal."""
     found: list[str] = []
     unreadable: list[str] = []

@@ -104,10 +104,17 @@ def check_header(path: str | os.PathLike, limits: Limits) -> tuple[int, int, int
     with _open(path, limits) as im:
         _check_header(im, path, limits)
         try:
-            orientation = int(im.getexif().get(0x0112, 1) or 1)
+            orientation = _orientation(im)
         except Exception:  # noqa: BLE001 - a corrupt EXIF block: the pixels as stored
             orientation = 1
-        return (*im.size, orientation if 1 <= orientation <= 8 else 1)
+        return (*im.size, orientation)
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation to apply, 2 to 8; else 1: none, upright, or not an orientation value
+    (left as stored, as Pillow's ``exif_transpose`` leaves it). One rule for photos and masks."""
+    value = im.getexif().get(0x0112, 1)  # EXIF Orientation
+    return value if value in (2, 3, 4, 5, 6, 7, 8) else 1
 
 
 def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -197,8 +204,8 @@ def _decode_open(im: Image.Image, src: Any, limits: Limits) -> Decoded:
     except Exception as err:  # noqa: BLE001 - every decoder complaint is a bad file
         raise DecodeError(f"corrupt or truncated {fmt or 'image'} data: {_one_line(err)}") from None
 
-    orientation = im.getexif().get(0x0112, 1)  # EXIF Orientation
-    if orientation in (2, 3, 4, 5, 6, 7, 8):  # 1 is upright; any other value is not one (left as stored)
+    orientation = _orientation(im)
+    if orientation != 1:
         info["exif_orientation"] = orientation
         im = ImageOps.exif_transpose(im)
     try:
