@@ -100,28 +100,27 @@ def build_fallback(spec: Any) -> Stage | None:
 
     if isinstance(spec, Stage):  # a mapping with _target_ in the config: Hydra's recursive instantiate built it
         stage = spec
-        if getattr(stage, "name", None) != "segmentation":
-            raise ConfigError(f"segmentation.fallback={type(stage).__name__}: not a segmentation stage")
-        return stage
-    if isinstance(spec, str):
-        options = group_options("segmentation")
-        if spec not in options:
-            raise ConfigError(f"segmentation.fallback={spec}: unknown option; choose from {', '.join(options)}")
-        node = OmegaConf.create(resources.files("synth.conf").joinpath("segmentation", f"{spec}.yaml").read_text())
-    elif isinstance(spec, dict) and "_target_" in spec:
-        node = OmegaConf.create(spec)
     else:
-        raise ConfigError(f"segmentation.fallback={spec}: give a segmentation option name such as grabcut, "
-                          "or a mapping with _target_")
-    try:
-        stage = instantiate(node, _convert_="all")
-    except Exception as err:  # noqa: BLE001 - Hydra wraps the stage's own ConfigError
-        cause = err.__cause__ if isinstance(err.__cause__, ConfigError) else err
-        how = (f" (an option's settings go in a mapping: segmentation.fallback={{_target_:{node.get('_target_')},...}})"
-               if isinstance(spec, str) else "")
-        raise ConfigError(f"segmentation.fallback: {one_line(cause)}{how}") from None
+        if isinstance(spec, str):
+            options = group_options("segmentation")
+            if spec not in options:
+                raise ConfigError(f"segmentation.fallback={spec}: unknown option; choose from {', '.join(options)}")
+            node = OmegaConf.create(resources.files("synth.conf").joinpath("segmentation", f"{spec}.yaml").read_text())
+        elif isinstance(spec, dict) and "_target_" in spec:
+            node = OmegaConf.create(spec)
+        else:
+            raise ConfigError(f"segmentation.fallback={spec}: give a segmentation option name such as grabcut, "
+                              "or a mapping with _target_")
+        try:
+            stage = instantiate(node, _convert_="all")
+        except Exception as err:  # noqa: BLE001 - Hydra wraps the stage's own ConfigError
+            cause = err.__cause__ if isinstance(err.__cause__, ConfigError) else err
+            how = (" (an option's settings go in a mapping: "
+                   f"segmentation.fallback={{_target_:{node.get('_target_')},...}})" if isinstance(spec, str) else "")
+            raise ConfigError(f"segmentation.fallback: {one_line(cause)}{how}") from None
     if getattr(stage, "name", None) != "segmentation":
-        raise ConfigError(f"segmentation.fallback={spec}: not a segmentation stage")
+        shown = type(stage).__name__ if stage is spec else spec  # not the object's repr
+        raise ConfigError(f"segmentation.fallback={shown}: not a segmentation stage")
     return stage
 
 
@@ -198,8 +197,10 @@ class ModelSegmentation(ModelStage):
         super().__init__(**kwargs)
         self.feather = setting("segmentation.feather", feather, 0.0, 0.1)
         self.fallback = build_fallback(fallback)
-        self.fallback_name = (fallback if isinstance(fallback, str) else f"{type(fallback).__module__}.{type(fallback).__name__}"
-                              if isinstance(fallback, Stage) else (fallback or {}).get("_target_"))
+        if isinstance(fallback, Stage):  # built by Hydra from a mapping: its class, as _target_ named it
+            self.fallback_name = f"{type(fallback).__module__}.{type(fallback).__name__}"
+        else:
+            self.fallback_name = fallback if isinstance(fallback, str) else (fallback or {}).get("_target_")
 
     def setup(self, device: str) -> None:
         super().setup(device)
